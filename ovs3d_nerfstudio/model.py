@@ -1,0 +1,306 @@
+"""The ``ovs3d`` model: rendering, the staged schedule, the loss dict and label outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Tuple, Type
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import Parameter
+
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.field_components.spatial_distortions import SceneContraction
+from nerfstudio.fields.density_fields import HashMLPDensityField
+from nerfstudio.model_components.losses import MSELoss, distortion_loss, interlevel_loss
+from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler
+from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
+from nerfstudio.model_components.scene_colliders import NearFarCollider
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from ovs3d_nerfstudio import losses
+from ovs3d_nerfstudio.evaluation import segmentation_metrics
+from ovs3d_nerfstudio.field import APPEARANCE, SELECTION, Ovs3dField
+from ovs3d_nerfstudio.palette import colourize, palette
+from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig
+
+
+@dataclass
+class Ovs3dModelConfig(ModelConfig):
+    """3D-OVS on a nerfacto-style field. Loss weights and schedule default to the paper's."""
+
+    _target: Type = field(default_factory=lambda: Ovs3dModel)
+    labels: Tuple[str, ...] = ()
+    """Text labels to segment; when given they override the dataset's labels file."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Phase lengths and learning rates (reconstruction, segmentation frozen, segmentation joint)."""
+    clip_loss_mult: float = 1.0
+    """Weight of the CLIP half of the supervision loss (Eq. 3)."""
+    use_selection: bool = True
+    """Learn the selection volume (Eq. 2); False averages the scales instead (ablation, Table 4)."""
+    near_plane: float = 0.05
+    """How far along the ray to start sampling."""
+    far_plane: float = 1000.0
+    """How far along the ray to stop sampling."""
+    background_color: Literal["random", "last_sample", "black", "white"] = "last_sample"
+    """Background colour for RGB rendering."""
+    num_levels: int = 16
+    """Hash grid levels of the density and appearance volumes."""
+    base_res: int = 16
+    """Coarsest hash grid resolution."""
+    max_res: int = 2048
+    """Finest hash grid resolution."""
+    log2_hashmap_size: int = 19
+    """log2 of the hash table size of the density and appearance volumes."""
+    features_per_level: int = 2
+    """Hash grid features per level."""
+    hidden_dim: int = 64
+    """Width of the volumes' small decoders."""
+    appearance_dim: int = 32
+    """Dimension of the shared appearance features (input of the RGB and CLIP heads)."""
+    hidden_dim_color: int = 64
+    """Width of the RGB head."""
+    appearance_embedding_dim: int = 32
+    """Per-image appearance embedding of the RGB head."""
+    selection_num_levels: int = 8
+    """Hash grid levels of the selection volume."""
+    selection_max_res: int = 512
+    """Finest resolution of the selection volume."""
+    selection_log2_hashmap_size: int = 17
+    """log2 of the hash table size of the selection volume."""
+    num_proposal_samples_per_ray: Tuple[int, ...] = (256, 96)
+    """Samples per ray for each proposal network."""
+    num_nerf_samples_per_ray: int = 48
+    """Samples per ray for the field."""
+    num_proposal_iterations: int = 2
+    """Number of proposal network iterations."""
+    proposal_update_every: int = 5
+    """Update the proposal sampler every n steps after the warm-up."""
+    proposal_warmup: int = 5000
+    """Steps over which the proposal update interval grows from 1 to proposal_update_every."""
+    proposal_net_args_list: List[Dict] = field(
+        default_factory=lambda: [
+            {"hidden_dim": 16, "log2_hashmap_size": 17, "num_levels": 5, "max_res": 128, "use_linear": False},
+            {"hidden_dim": 16, "log2_hashmap_size": 17, "num_levels": 5, "max_res": 256, "use_linear": False},
+        ]
+    )
+    """Arguments of the proposal density fields."""
+    proposal_weights_anneal_slope: float = 10.0
+    """Slope of the proposal weight annealing."""
+    proposal_weights_anneal_max_num_iters: int = 1000
+    """Steps of the proposal weight annealing."""
+    interlevel_loss_mult: float = 1.0
+    """Proposal (interlevel) loss weight during reconstruction."""
+    distortion_loss_mult: float = 0.002
+    """Distortion loss weight during reconstruction."""
+    implementation: Literal["tcnn", "torch"] = "tcnn"
+    """tcnn uses tiny-cuda-nn when installed and falls back to torch (CPU works) otherwise."""
+
+
+class Ovs3dModel(Model):
+    """Renders RGB, CLIP features and scale selection; scores them against the text labels.
+
+    The dataset metadata must provide ``labels`` (list of str), ``text_features``
+    ([C, D] CLIP text embeddings) and ``num_scales`` (N_s), set by the datamanager.
+    """
+
+    config: Ovs3dModelConfig
+
+    def populate_modules(self):
+        super().populate_modules()
+        self.labels: List[str] = list(self.kwargs["metadata"]["labels"])
+        text = self.kwargs["metadata"]["text_features"].float()
+        self.register_buffer("text_features", F.normalize(text, dim=-1))
+        self.num_scales = int(self.kwargs["metadata"]["num_scales"])
+        self.register_buffer("label_colours", palette(len(self.labels)))
+
+        contraction = SceneContraction(order=float("inf"))
+        self.field = Ovs3dField(
+            self.scene_box.aabb,
+            num_images=self.num_train_data,
+            num_scales=self.num_scales,
+            spatial_distortion=contraction,
+            num_levels=self.config.num_levels,
+            base_res=self.config.base_res,
+            max_res=self.config.max_res,
+            log2_hashmap_size=self.config.log2_hashmap_size,
+            features_per_level=self.config.features_per_level,
+            hidden_dim=self.config.hidden_dim,
+            appearance_dim=self.config.appearance_dim,
+            hidden_dim_color=self.config.hidden_dim_color,
+            appearance_embedding_dim=self.config.appearance_embedding_dim,
+            selection_num_levels=self.config.selection_num_levels,
+            selection_max_res=self.config.selection_max_res,
+            selection_log2_hashmap_size=self.config.selection_log2_hashmap_size,
+            implementation=self.config.implementation,
+        )
+        # Linear, so it is applied after rendering (exact; see field.py).
+        self.clip_head = nn.Linear(self.config.appearance_dim, self.text_features.shape[-1])
+
+        self.proposal_networks = nn.ModuleList(
+            HashMLPDensityField(
+                self.scene_box.aabb,
+                spatial_distortion=contraction,
+                **self.config.proposal_net_args_list[min(i, len(self.config.proposal_net_args_list) - 1)],
+                implementation=self.config.implementation,
+            )
+            for i in range(self.config.num_proposal_iterations)
+        )
+        self.density_fns = [network.density_fn for network in self.proposal_networks]
+
+        def update_schedule(step):
+            return np.clip(
+                np.interp(step, [0, self.config.proposal_warmup], [0, self.config.proposal_update_every]),
+                1,
+                self.config.proposal_update_every,
+            )
+
+        self.proposal_sampler = ProposalNetworkSampler(
+            num_nerf_samples_per_ray=self.config.num_nerf_samples_per_ray,
+            num_proposal_samples_per_ray=self.config.num_proposal_samples_per_ray,
+            num_proposal_network_iterations=self.config.num_proposal_iterations,
+            single_jitter=True,
+            update_sched=update_schedule,
+        )
+        self.collider = NearFarCollider(near_plane=self.config.near_plane, far_plane=self.config.far_plane)
+        self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
+        self.renderer_accumulation = AccumulationRenderer()
+        self.renderer_depth = DepthRenderer(method="median")
+        self.rgb_loss = MSELoss()
+        self.step = 0
+        self.phase = self.config.schedule.phase(0)
+
+    # ------------------------------------------------------------------ schedule
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        return {
+            "proposal_networks": list(self.proposal_networks.parameters()),
+            "density": list(self.field.density_volume.parameters()),
+            "appearance": list(self.field.appearance_volume.parameters()),
+            "rgb_head": list(self.field.rgb_head.parameters()) + list(self.field.embedding_appearance.parameters()),
+            "selection": list(self.field.selection_volume.parameters()),
+            "clip_head": list(self.clip_head.parameters()),
+        }
+
+    def enter_step(self, step: int, optimizers=None) -> None:
+        """Sets the phase, the frozen groups and the learning rates for ``step``.
+
+        A pure function of the step, so a resumed run lands in the right phase.
+        """
+        self.step = step
+        phase = self.config.schedule.phase(step)
+        if phase is not self.phase or step == 0:
+            CONSOLE.print(f"[bold green]ovs3d: step {step}: phase '{phase.value}'")
+        self.phase = phase
+        for group, params in self.get_param_groups().items():
+            trainable = group in TRAINABLE[phase]
+            for param in params:
+                param.requires_grad_(trainable)
+        if optimizers is not None:
+            for group, optimizer in optimizers.optimizers.items():
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = self.config.schedule.learning_rate(group, step)
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        anneal_iters = self.config.proposal_weights_anneal_max_num_iters
+        slope = self.config.proposal_weights_anneal_slope
+
+        def before_step(step: int) -> None:
+            self.enter_step(step, training_callback_attributes.optimizers)
+            fraction = np.clip(step / anneal_iters, 0, 1)
+            self.proposal_sampler.set_anneal(slope * fraction / ((slope - 1) * fraction + 1))
+
+        return [
+            TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], before_step, update_every_num_iters=1),
+            TrainingCallback(
+                [TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self.proposal_sampler.step_cb, update_every_num_iters=1
+            ),
+        ]
+
+    # ----------------------------------------------------------------- rendering
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor | List]:
+        ray_samples, weights_list, ray_samples_list = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
+        field_outputs = self.field(ray_samples)
+        weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
+        weights_list.append(weights)
+        ray_samples_list.append(ray_samples)
+
+        rgb = self.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights)
+        accumulation = self.renderer_accumulation(weights=weights)
+        with torch.no_grad():
+            depth = self.renderer_depth(weights=weights, ray_samples=ray_samples)
+
+        rendered_appearance = torch.sum(weights * field_outputs[APPEARANCE], dim=-2)
+        clip = F.linear(rendered_appearance, self.clip_head.weight) + accumulation * self.clip_head.bias
+        selection = self.render_selection(torch.sum(weights * field_outputs[SELECTION], dim=-2))
+        logits = losses.segmentation_logits(clip, self.text_features)
+        probabilities = torch.softmax(logits, dim=-1)
+
+        outputs: Dict[str, Tensor | List] = {
+            "rgb": rgb,
+            "accumulation": accumulation,
+            "depth": depth,
+            "labels": colourize(logits.argmax(dim=-1), self.label_colours),
+            "class_probabilities": probabilities,
+            "selection": selection,
+        }
+        if self.training:
+            outputs.update(clip=clip, logits=logits, weights_list=weights_list, ray_samples_list=ray_samples_list)
+        return outputs
+
+    def render_selection(self, rendered_logits: Tensor) -> Tensor:
+        """Eq. 2: softmax of the rendered selection logits (uniform for the no-selection ablation)."""
+        if not self.config.use_selection:
+            return torch.full_like(rendered_logits, 1.0 / self.num_scales)
+        return torch.softmax(rendered_logits, dim=-1)
+
+    # -------------------------------------------------------------------- losses
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        metrics = {"psnr": psnr(outputs["rgb"], batch["image"].to(self.device))}
+        if self.training and self.phase is Phase.RECONSTRUCTION:
+            metrics["distortion"] = distortion_loss(outputs["weights_list"], outputs["ray_samples_list"])
+        return metrics
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        loss_dict: Dict[str, Tensor] = {}
+        phase = self.phase if self.training else Phase.SEGMENTATION_JOINT
+        if phase is not Phase.SEGMENTATION_FROZEN:
+            loss_dict["rgb"] = self.rgb_loss(batch["image"].to(self.device)[..., :3], outputs["rgb"])
+        if self.training and phase is Phase.RECONSTRUCTION:
+            loss_dict["interlevel"] = self.config.interlevel_loss_mult * interlevel_loss(
+                outputs["weights_list"], outputs["ray_samples_list"]
+            )
+            assert metrics_dict is not None
+            loss_dict["distortion"] = self.config.distortion_loss_mult * metrics_dict["distortion"]
+        if phase is not Phase.RECONSTRUCTION and "clip_targets" in batch and "clip" in outputs:
+            loss_dict["clip"] = self.config.clip_loss_mult * losses.clip_supervision_loss(
+                outputs["clip"], batch["clip_targets"], outputs["selection"], batch.get("clip_valid")
+            )
+        return loss_dict
+
+    # ---------------------------------------------------------------- evaluation
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        gt_rgb = batch["image"].to(self.device)[..., :3]
+        metrics: Dict[str, float] = {"psnr": float(psnr(outputs["rgb"], gt_rgb))}
+        images = {
+            "img": torch.cat([gt_rgb, outputs["rgb"]], dim=1),
+            "labels": outputs["labels"],
+            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
+        }
+        if "gt_labels" in batch:
+            predicted = outputs["class_probabilities"].argmax(dim=-1)
+            metrics.update(segmentation_metrics(predicted, batch["gt_labels"].to(self.device), len(self.labels)))
+        return metrics, images
+
+
+def psnr(predicted: Tensor, target: Tensor) -> Tensor:
+    """PSNR of images in [0, 1] (torchmetrics' module would be a checkpointed submodule)."""
+    mse = torch.mean((predicted - target[..., :3]) ** 2)
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))

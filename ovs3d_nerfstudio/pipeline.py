@@ -1,0 +1,43 @@
+"""The ovs3d pipeline: nerfstudio's VanillaPipeline plus the wiring between model options and data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Type
+
+import torch
+from torch.cuda.amp.grad_scaler import GradScaler
+
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+
+from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig
+from ovs3d_nerfstudio.model import Ovs3dModelConfig
+
+
+@dataclass
+class Ovs3dPipelineConfig(VanillaPipelineConfig):
+    _target: Type = field(default_factory=lambda: Ovs3dPipeline)
+    datamanager: Ovs3dDataManagerConfig = field(default_factory=Ovs3dDataManagerConfig)
+    model: Ovs3dModelConfig = field(default_factory=Ovs3dModelConfig)
+
+
+class Ovs3dPipeline(VanillaPipeline):
+    """Passes ``--pipeline.model.labels`` to the dataparser (it overrides the labels file)
+    and tells the datamanager when segmentation starts, so reconstruction batches skip the
+    CLIP targets."""
+
+    config: Ovs3dPipelineConfig
+
+    def __init__(
+        self,
+        config: Ovs3dPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[GradScaler] = None,
+    ):
+        if config.model.labels and hasattr(config.datamanager.dataparser, "labels"):
+            config.datamanager.dataparser.labels = tuple(config.model.labels)
+        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        self.datamanager.segmentation_start = config.model.schedule.reconstruction_steps

@@ -1,0 +1,91 @@
+"""Teacher choices for the command line: a built-in name, or ``package.module:factory``.
+
+The built-in teachers are imported only in ``setup``, so that reading the configs (every
+``ns-*`` command does, through the method entry point) does not import open_clip.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ovs3d_nerfstudio.teachers.base import ClipTeacher, DenseTeacher, TeacherError, build_from_import_path
+
+
+def _unknown_source(kind: str, source: str, builtin: str) -> TeacherError:
+    return TeacherError(
+        f"Unknown {kind} teacher '{source}'. Use the built-in '{builtin}', or an import path "
+        "'package.module:factory' whose factory takes no arguments and returns the teacher."
+    )
+
+
+@dataclass
+class ClipTeacherConfig:
+    """The image+text teacher that provides the open-vocabulary features (Alg. 1, Eq. 4)."""
+
+    source: str = "open_clip"
+    """Built-in teacher name ('open_clip'), or 'package.module:factory' for any other model."""
+    model_name: str = "ViT-B-16"
+    """open_clip architecture name; the paper uses CLIP ViT-B/16."""
+    pretrained: str = "openai"
+    """open_clip pretrained tag, read from local caches only; 'random' = untrained weights (tests only)."""
+    weights_path: Optional[Path] = None
+    """Local checkpoint file; takes precedence over the caches (the tag still sets preprocessing)."""
+    model_config_path: Optional[Path] = None
+    """open_clip architecture JSON to register, for custom architectures (its file stem is the model name)."""
+    batch_size: int = 64
+    """Crops per image-encoder call."""
+
+    def setup(self, device: str = "cpu") -> ClipTeacher:
+        """Builds the teacher; raises :class:`TeacherError` with the fix when it cannot."""
+        if self.source == "open_clip":
+            from ovs3d_nerfstudio.teachers.openclip import OpenClipTeacher
+
+            return OpenClipTeacher(
+                model_name=self.model_name,
+                pretrained=self.pretrained,
+                weights_path=self.weights_path,
+                model_config_path=self.model_config_path,
+                batch_size=self.batch_size,
+                device=device,
+            )
+        if ":" not in self.source:
+            raise _unknown_source("CLIP", self.source, "open_clip")
+        return build_from_import_path(self.source, ClipTeacher)  # type: ignore[return-value]
+
+
+@dataclass
+class DinoTeacherConfig:
+    """The dense teacher whose token correlations mark object boundaries (Eq. 9)."""
+
+    source: str = "dino_v1"
+    """Built-in teacher name ('dino_v1'), or 'package.module:factory' for any other model."""
+    model_name: str = "vit_base_patch8_224_dino"
+    """timm 0.6.7 name of a DINO v1 ViT; the default is the paper's dino_vitb8."""
+    pretrained: str = "dino"
+    """'dino' = official weights from the torch hub cache; 'random' = untrained weights (tests only)."""
+    weights_path: Optional[Path] = None
+    """Local checkpoint file (a DINO backbone state dict); takes precedence over the cache."""
+    depth: Optional[int] = None
+    """Override of the number of blocks (tiny test models)."""
+    embed_dim: Optional[int] = None
+    """Override of the token width (tiny test models)."""
+    num_heads: Optional[int] = None
+    """Override of the number of attention heads (tiny test models)."""
+
+    def setup(self, device: str = "cpu") -> DenseTeacher:
+        """Builds the teacher; raises :class:`TeacherError` with the fix when it cannot."""
+        if self.source == "dino_v1":
+            from ovs3d_nerfstudio.teachers.dino import DinoTeacher
+
+            return DinoTeacher(
+                model_name=self.model_name,
+                pretrained=self.pretrained,
+                weights_path=self.weights_path,
+                depth=self.depth,
+                embed_dim=self.embed_dim,
+                num_heads=self.num_heads,
+                device=device,
+            )
+        if ":" not in self.source:
+            raise _unknown_source("dense", self.source, "dino_v1")
+        return build_from_import_path(self.source, DenseTeacher)  # type: ignore[return-value]

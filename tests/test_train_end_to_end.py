@@ -1,0 +1,125 @@
+"""End to end: ``ns-train ovs3d`` on a generated scene, then reload it and ``ns-eval`` it.
+
+Training runs through the real CLI with the built-in open_clip teacher on a tiny
+random-weight architecture, every phase of the schedule, and a tiny field on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ovs3d_nerfstudio.data.procedural import tiny_scene_spec, write_scene
+
+ASSETS = Path(__file__).parent / "assets"
+RECONSTRUCTION, FROZEN, JOINT = 6, 3, 3
+STEPS = RECONSTRUCTION + FROZEN + JOINT
+
+
+def tiny_train_args(scene: Path, output_dir: Path, cache_dir: Path) -> list:
+    """The tiny settings: all phases of the schedule, a small field, few rays and samples."""
+    model = "--pipeline.model."
+    data = "--pipeline.datamanager."
+    return [
+        "ovs3d",
+        "--machine.device-type", "cpu",
+        "--vis", "tensorboard",
+        "--output-dir", str(output_dir),
+        "--experiment-name", "tiny",
+        "--timestamp", "run",
+        "--max-num-iterations", str(STEPS),
+        "--steps-per-save", str(STEPS),
+        "--steps-per-eval-batch", "1000",
+        "--steps-per-eval-image", "1000",
+        "--steps-per-eval-all-images", "1000",
+        "--mixed-precision", "False",
+        f"{model}implementation", "torch",
+        f"{model}schedule.reconstruction-steps", str(RECONSTRUCTION),
+        f"{model}schedule.frozen-steps", str(FROZEN),
+        f"{model}schedule.joint-steps", str(JOINT),
+        f"{model}num-levels", "4",
+        f"{model}max-res", "64",
+        f"{model}log2-hashmap-size", "12",
+        f"{model}selection-num-levels", "2",
+        f"{model}selection-max-res", "32",
+        f"{model}selection-log2-hashmap-size", "10",
+        f"{model}hidden-dim", "16",
+        f"{model}hidden-dim-color", "16",
+        f"{model}appearance-dim", "8",
+        f"{model}appearance-embedding-dim", "4",
+        f"{model}num-proposal-samples-per-ray", "16", "8",
+        f"{model}num-nerf-samples-per-ray", "8",
+        f"{model}eval-num-rays-per-chunk", "1024",
+        f"{data}train-num-rays-per-batch", "64",
+        f"{data}ray-downscale", "2",
+        f"{data}pyramid.patch-fractions", "0.5", "0.34", "0.25",
+        f"{data}clip.model-name", "ovs3d-tiny-clip",
+        f"{data}clip.model-config-path", str(ASSETS / "ovs3d-tiny-clip.json"),
+        f"{data}clip.pretrained", "random",
+        f"{data}cache-dir", str(cache_dir),
+        "ovs3d-data",
+        "--data", str(scene),
+    ]  # fmt: skip
+
+
+def run_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    scene = write_scene(tiny_scene_spec(seed=0), root / "scene", mask_views=[0, 4])
+    ns_train = Path(sys.executable).with_name("ns-train")
+    run_cli([str(ns_train), *tiny_train_args(scene, root / "outputs", root / "cache")], cwd=root)
+    return root / "outputs" / "tiny" / "ovs3d" / "run"
+
+
+def test_training_writes_a_checkpoint(trained_run: Path):
+    checkpoints = sorted((trained_run / "nerfstudio_models").glob("step-*.ckpt"))
+    assert [c.name for c in checkpoints] == [f"step-{STEPS - 1:09d}.ckpt"]
+    assert (trained_run / "config.yml").is_file()
+
+
+def test_checkpoint_reloads_and_renders_labels(trained_run: Path):
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, step = eval_setup(trained_run / "config.yml", test_mode="test")
+    assert step == STEPS - 1
+    model = pipeline.model
+    classes = trained_run.parents[2].parent / "scene" / "segmentations" / "classes.txt"
+    assert model.labels == classes.read_text().split("\n")[:-1]
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1].to(model.device)
+    with torch.no_grad():
+        outputs = model.get_outputs_for_camera(camera)
+    height, width = int(camera.height), int(camera.width)
+    num_labels = len(model.labels)
+    assert outputs["rgb"].shape == (height, width, 3) and outputs["rgb"].dtype == torch.float32
+    assert outputs["depth"].shape == (height, width, 1)
+    assert outputs["accumulation"].shape == (height, width, 1)
+    assert outputs["labels"].shape == (height, width, 3) and outputs["labels"].dtype == torch.float32
+    assert outputs["class_probabilities"].shape == (height, width, num_labels)
+    assert 0.0 <= float(outputs["rgb"].min()) and float(outputs["rgb"].max()) <= 1.0
+    torch.testing.assert_close(outputs["class_probabilities"].sum(-1), torch.ones(height, width))
+    # Every label pixel is exactly one palette colour: the argmax's.
+    expected = model.label_colours[outputs["class_probabilities"].argmax(-1)]
+    torch.testing.assert_close(outputs["labels"], expected)
+
+
+def test_ns_eval_reports_segmentation_metrics(trained_run: Path, tmp_path: Path):
+    ns_eval = Path(sys.executable).with_name("ns-eval")
+    metrics_path = tmp_path / "metrics.json"
+    run_cli([str(ns_eval), "--load-config", str(trained_run / "config.yml"), "--output-path", str(metrics_path)], tmp_path)
+    results = json.loads(metrics_path.read_text())["results"]
+    assert 0.0 <= results["miou"] <= 1.0
+    assert 0.0 <= results["accuracy"] <= 1.0
+    assert results["psnr"] > 0.0
