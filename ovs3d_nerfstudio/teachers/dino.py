@@ -98,7 +98,9 @@ class DinoTeacher:
         }
         overridden = architecture != dict(embed_dim=default_dim, depth=default_depth, num_heads=default_heads)
         if min(architecture.values()) < 1 or architecture["embed_dim"] % architecture["num_heads"] != 0:
-            raise TeacherError(f"Invalid DINO architecture {architecture}: positive sizes, embed_dim divisible by num_heads.")
+            raise TeacherError(
+                f"Invalid DINO architecture {architecture}: sizes must be positive, embed_dim divisible by num_heads."
+            )
 
         if weights_path is not None:
             checkpoint: Optional[Path] = Path(weights_path).expanduser().resolve()

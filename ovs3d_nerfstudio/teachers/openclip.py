@@ -33,7 +33,8 @@ _RANDOM_SEED = 0
 """Seed for random weights, so that one identity always means one set of weights."""
 
 _HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-"""Files open_clip fetches for an ``org/repo/`` hub entry, in its order of preference."""
+"""Files open_clip fetches for an ``org/repo/`` hub entry, in its order of preference; a
+named ``.bin``/``.pth`` file is likewise preferred as ``.safetensors``."""
 
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 """Pretrained-config entries that describe how the weights expect images to be prepared."""
@@ -88,11 +89,13 @@ def find_cached_weights(model_name: str, tag: str) -> Path:
         looked_in.append(str(local_file))
     if pretrained_cfg.get("hf_hub"):
         repo_id, filename = os.path.split(pretrained_cfg["hf_hub"])
-        if filename:
-            stem, suffix = os.path.splitext(filename)
-            candidates = ([stem + ".safetensors"] if suffix in (".bin", ".pth") else []) + [filename]
-        else:
+        stem, suffix = os.path.splitext(filename)
+        if filename in ("", _HF_WEIGHT_NAMES[1]):
             candidates = list(_HF_WEIGHT_NAMES)
+        elif suffix in (".bin", ".pth"):
+            candidates = [stem + ".safetensors", filename]
+        else:
+            candidates = [filename]
         for candidate in candidates:
             cached = try_to_load_from_cache(repo_id, candidate)
             if isinstance(cached, str):
@@ -144,7 +147,8 @@ class OpenClipTeacher:
             close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5)
             raise TeacherError(
                 f"Unknown open_clip model '{model_name}'. Close names: {close or 'none'}; "
-                "all names: open_clip.list_models(). A custom architecture needs --pipeline.datamanager.clip.model-config-path."
+                "all names: open_clip.list_models(). "
+                "A custom architecture needs --pipeline.datamanager.clip.model-config-path."
             )
         # A custom architecture can change under the same name: its content joins the identity.
         architecture_tag = ""
@@ -187,6 +191,7 @@ class OpenClipTeacher:
                     device=device,
                     force_quick_gelu=bool(pretrained_cfg.get("quick_gelu", False)),
                     force_preprocess_cfg=preprocess,
+                    pretrained_hf=False,  # Hugging Face text towers: weights come from the checkpoint
                 )
             except Exception as error:
                 raise TeacherError(
@@ -221,7 +226,7 @@ class OpenClipTeacher:
             return target_h, int(target_h * width / height)
         return int(target_w * height / width), target_w
 
-    def preprocess(self, crops: Sequence[Float[Tensor, "3 h w"]]) -> Float[Tensor, "B 3 S S"]:
+    def preprocess(self, crops: Sequence[Float[Tensor, "3 h w"]]) -> Float[Tensor, "B 3 H W"]:
         """CLIP's eval transform on tensors: resize, centre crop, normalise.
 
         Crops of equal size are resized together. The resize is antialiased like PIL's and
