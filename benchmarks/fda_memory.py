@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="tokens per patch side; N = tokens^2 (official: 32)")
     parser.add_argument("--labels", type=int, default=7, help="C, text labels")
     parser.add_argument("--dino-dim", type=int, default=768, help="DINO token width (dino_vitb8: 768)")
-    parser.add_argument("--chunk-size", type=int, default=64, help="rows per chunk of the chunked loss")
+    parser.add_argument("--chunk-size", type=int, default=128, help="rows per chunk of the chunked loss")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

@@ -196,9 +196,10 @@ class _ChunkedFDA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_p, corr_f, shift, lambda_pos, lambda_neg, chunk_size):
-        # Tensors, not .item(): no host sync on GPU.
-        pos_count = _count_guard(torch.count_nonzero(torch.clamp(corr_f - shift, min=0))).to(log_p.dtype)
-        neg_count = _count_guard(torch.count_nonzero(torch.clamp(corr_f - shift, max=0))).to(log_p.dtype)
+        # count_nonzero(clamp(c - b, min=0)) == count(c > b) in IEEE arithmetic, without two
+        # float [P, N, N] temporaries; tensors, not .item(), so a GPU is not synchronised.
+        pos_count = _count_guard((corr_f > shift).sum()).to(log_p.dtype)
+        neg_count = _count_guard((corr_f < shift).sum()).to(log_p.dtype)
         p = log_p.exp()
         p_t = p.transpose(1, 2).contiguous()
         entropy = -(p * log_p).sum(-1)  # h_i, [P, N]
@@ -248,7 +249,7 @@ def fda_loss(
     shift: float = 0.7,
     lambda_pos: float = 200.0,
     lambda_neg: float = 0.2,
-    chunk_size: int = 64,
+    chunk_size: int = 128,
 ) -> Tuple[Float[Tensor, ""], Float[Tensor, ""]]:
     """Feature-Distribution Alignment, Eqs. 9-14, in O(chunk_size * N * C) extra memory.
 

@@ -123,3 +123,15 @@ def test_ns_eval_reports_segmentation_metrics(trained_run: Path, tmp_path: Path)
     assert 0.0 <= results["miou"] <= 1.0
     assert 0.0 <= results["accuracy"] <= 1.0
     assert results["psnr"] > 0.0
+
+
+def test_bad_scene_gives_one_clear_message_not_a_traceback(tmp_path: Path):
+    scene = write_scene(tiny_scene_spec(seed=0), tmp_path / "scene", mask_views=[0])
+    (scene / "segmentations" / "classes.txt").unlink()
+    ns_train = Path(sys.executable).with_name("ns-train")
+    args = tiny_train_args(scene, tmp_path / "outputs", tmp_path / "cache")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([str(ns_train), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "ovs3d: error:" in result.stderr and "classes.txt" in result.stderr

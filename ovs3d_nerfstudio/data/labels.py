@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from ovs3d_nerfstudio.errors import UserFacingError
 
-class LabelError(ValueError):
+
+class LabelError(UserFacingError, ValueError):
     """A label list is unusable; the message says what is wrong and how to fix it."""
 
 

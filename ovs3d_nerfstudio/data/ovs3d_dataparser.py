@@ -35,12 +35,13 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from ovs3d_nerfstudio.data.labels import normalize_label, read_labels, validate_labels
+from ovs3d_nerfstudio.errors import UserFacingError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MaskPaths = Dict[int, Dict[str, Path]]
 
 
-class Ovs3dDataError(ValueError):
+class Ovs3dDataError(UserFacingError, ValueError):
     """The scene folder cannot be used; the message says what is wrong and how to fix it."""
 
 

@@ -20,8 +20,10 @@ from typing import Callable, List, Protocol, Sequence, runtime_checkable
 from jaxtyping import Float
 from torch import Tensor
 
+from ovs3d_nerfstudio.errors import UserFacingError
 
-class TeacherError(RuntimeError):
+
+class TeacherError(UserFacingError, RuntimeError):
     """A teacher could not be built; the message says why and how to fix it."""
 
 
