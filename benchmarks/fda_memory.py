@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ovs3d_nerfstudio.losses import fda_loss, fda_loss_dense  # noqa: E402
 
 VARIANTS = ("chunked", "dense")
+CONFIG_KEYS = ("device", "patches", "tokens", "labels", "dino_dim", "chunk_size", "repeats", "warmup", "seed")
 
 
 def make_inputs(args: argparse.Namespace, device: torch.device):
@@ -107,7 +108,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def run_variant(variant: str, args: argparse.Namespace, grad_path: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--grad-out", grad_path]
-    for name in ("device", "patches", "tokens", "labels", "dino_dim", "chunk_size", "repeats", "warmup", "seed"):
+    for name in CONFIG_KEYS:
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -151,14 +152,21 @@ def main() -> None:
         if args.device == "cuda"
         else "peak RSS (getrusage ru_maxrss) of a fresh subprocess per variant"
     )
-    machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    if args.device == "cuda":
+        machine = torch.cuda.get_device_name()
+    else:
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     n = args.tokens**2
 
-    print(f"FDA loss, forward + backward: P={args.patches} N={n} ({args.tokens}x{args.tokens}) C={args.labels} Cd={args.dino_dim}")
+    shape = f"P={args.patches} N={n} ({args.tokens}x{args.tokens}) C={args.labels} Cd={args.dino_dim}"
+    print(f"FDA loss, forward + backward: {shape}")
     print(f"device: {args.device} ({machine}), torch {torch.__version__}, {results[0]['torch_threads']} threads")
     print(f"memory: {memory_method}; time: median of {args.repeats} after {args.warmup} warm-up")
     print(f"dense pair tensor [P,N,N,C] alone: {args.patches * n * n * args.labels * 4 / 2**20:.0f} MiB in float32")
-    header = f"{'variant':<9} {'chunk':>5} {'median s':>9} {'min s':>8} {'peak MiB':>9} {'peak-inputs MiB':>16} {'fda_pos':>12} {'fda_neg':>12}"
+    header = (
+        f"{'variant':<9} {'chunk':>5} {'median s':>9} {'min s':>8} {'peak MiB':>9} {'peak-inputs MiB':>16} "
+        f"{'fda_pos':>12} {'fda_neg':>12}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
@@ -173,7 +181,7 @@ def main() -> None:
 
     if args.out is not None:
         report = {
-            "config": {k: getattr(args, k) for k in ("device", "patches", "tokens", "labels", "dino_dim", "chunk_size", "repeats", "warmup", "seed")},
+            "config": {k: getattr(args, k) for k in CONFIG_KEYS},
             "n_tokens": n,
             "machine": machine,
             "torch": torch.__version__,

@@ -168,7 +168,7 @@ def fda_loss_dense(
 
 
 def _pair_sums(p_rows: Tensor, p_t: Tensor) -> Tensor:
-    """``s[p, i, c, j] = p_rows[p, i, c] + p[p, j, c]``, clamped so its log is finite.
+    """``s[p, i, c, j] = p_rows[p, i, c] + p_t[p, c, j]``, clamped so its log is finite.
 
     Classes sit before the column index so reductions over C add contiguous planes.
     """
@@ -251,14 +251,15 @@ def fda_loss(
     lambda_neg: float = 0.2,
     chunk_size: int = 128,
 ) -> Tuple[Float[Tensor, ""], Float[Tensor, ""]]:
-    """Feature-Distribution Alignment, Eqs. 9-14, in O(chunk_size * N * C) extra memory.
+    """Feature-Distribution Alignment, Eqs. 9-14, in O(P * chunk_size * N * C) memory beyond Corr_F.
 
     Same value and gradient (w.r.t. ``logits``) as :func:`fda_loss_dense`, which holds the
     whole [P, N, N, C] pair tensor; here rows ``hw`` of Corr_D are processed
     ``chunk_size`` at a time in the forward and again in an analytic backward (see
     ``_ChunkedFDA``), so only Corr_F ([P, N, N]) is kept. A custom backward was chosen
-    over ``torch.utils.checkpoint`` per chunk by measurement: same bounded memory, it
-    skips the recomputed forward and the autograd graph of every chunk.
+    over ``torch.utils.checkpoint`` per chunk by measurement (P=8, N=1024, C=7, 2-core
+    CPU, chunks of 32-256 rows): 1.1-2x faster and about a third of checkpoint's peak
+    memory, since it neither replays the forward nor builds an autograd graph per chunk.
 
     Returns ``(pos, neg)``, the two weighted halves of Eq. 14 (L_FDA = pos + neg): pos
     pulls together the distributions of pixels whose DINO features agree (cos > shift),
@@ -267,7 +268,7 @@ def fda_loss(
     teacher: its tokens get no gradient. Logits are the cosines of Eq. 4, sharpened by
     ``tau`` (Eq. 10).
     """
-    with torch.no_grad():
-        corr_f = dino_correlation(dino_tokens).to(logits.dtype)
     log_p = torch.log_softmax(logits / tau, dim=-1)
+    with torch.no_grad():  # in log_p's precision: the 0.7 threshold is sensitive to fp16 rounding
+        corr_f = dino_correlation(dino_tokens.to(log_p.dtype))
     return _ChunkedFDA.apply(log_p, corr_f, shift, lambda_pos, lambda_neg, chunk_size)

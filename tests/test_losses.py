@@ -53,7 +53,10 @@ def lit_supervision(rendered, targets, selection):
 def lit_correlation(tokens):
     patches, n, _ = tokens.shape
     return torch.stack(
-        [torch.stack([torch.stack([lit_cos(tokens[p, i], tokens[p, j]) for j in range(n)]) for i in range(n)]) for p in range(patches)]
+        [
+            torch.stack([torch.stack([lit_cos(tokens[p, i], tokens[p, j]) for j in range(n)]) for i in range(n)])
+            for p in range(patches)
+        ]
     )
 
 
@@ -61,7 +64,10 @@ def lit_corr_d(logits, tau):
     patches, n, _ = logits.shape
     sharp = [[lit_softmax(logits[p, i] / tau) for i in range(n)] for p in range(patches)]  # Eq. 10
     return torch.stack(
-        [torch.stack([torch.stack([lit_js(sharp[p][i], sharp[p][j]) for j in range(n)]) for i in range(n)]) for p in range(patches)]
+        [
+            torch.stack([torch.stack([lit_js(sharp[p][i], sharp[p][j]) for j in range(n)]) for i in range(n)])
+            for p in range(patches)
+        ]
     )  # Eq. 11
 
 
@@ -79,7 +85,8 @@ def clustered_tokens(patches, n, dim, dtype=f64, clusters=3, noise=0.6, seed=0):
     """DINO-like tokens: a few clusters, so Corr_F has entries on both sides of 0.7."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(clusters, dim, generator=g, dtype=dtype)
-    return centres[torch.randint(0, clusters, (patches, n), generator=g)] + noise * torch.randn(patches, n, dim, generator=g, dtype=dtype)
+    labels = torch.randint(0, clusters, (patches, n), generator=g)
+    return centres[labels] + noise * torch.randn(patches, n, dim, generator=g, dtype=dtype)
 
 
 def grads(outputs, inputs):
@@ -116,7 +123,8 @@ def test_clip_supervision_valid_mask_and_zero_vectors():
     selection = torch.full((5, 2), 0.5, dtype=f64, requires_grad=True)
     valid = torch.tensor([True, False, True, True, False])
     loss = clip_supervision_loss(rendered, targets, selection, valid)
-    ref = torch.stack([lit_supervision(rendered[r : r + 1], targets[r : r + 1], selection[r : r + 1]) for r in (2, 3)]).mean()
+    ref = torch.stack([lit_supervision(rendered[r : r + 1], targets[r : r + 1], selection[r : r + 1]) for r in (2, 3)])
+    ref = ref.mean()
     torch.testing.assert_close(loss, (ref * 2 + 0) / 3)  # ray 0 has cosine 0, ray 1 is dropped
     assert_finite(loss, *grads(loss, (rendered, selection)))
     none_valid = clip_supervision_loss(rendered, targets, selection, torch.zeros(5, dtype=torch.bool))
@@ -132,7 +140,9 @@ def test_segmentation_logits_matches_literal_and_zero_safe():
     rendered = torch.randn(2, 3, 6, dtype=f64, requires_grad=True)
     text = torch.randn(4, 6, dtype=f64, requires_grad=True)
     ours = segmentation_logits(rendered, text)
-    ref = torch.stack([torch.stack([torch.stack([lit_cos(rendered[a, b], text[c]) for c in range(4)]) for b in range(3)]) for a in range(2)])
+    ref = torch.stack(
+        [torch.stack([torch.stack([lit_cos(rendered[a, b], text[c]) for c in range(4)]) for b in range(3)]) for a in range(2)]
+    )
     torch.testing.assert_close(ours, ref)
     weight = torch.randn_like(ref)
     for a, b in zip(grads((ours * weight).sum(), (rendered, text)), grads((ref * weight).sum(), (rendered, text))):
@@ -164,7 +174,14 @@ def test_js_degenerate_inputs_are_finite(dtype):
     one_hot = torch.eye(c, dtype=dtype)
     uniform = torch.full((c, c), 1 / c, dtype=dtype)
     near_zero = torch.tensor([1 - 3e-30, 1e-30, 1e-30, 1e-30], dtype=dtype).expand(c, c)
-    cases = [(one_hot, one_hot), (one_hot, one_hot.roll(1, 0)), (one_hot, uniform), (uniform, uniform), (near_zero, one_hot), (near_zero, uniform)]
+    cases = [
+        (one_hot, one_hot),
+        (one_hot, one_hot.roll(1, 0)),
+        (one_hot, uniform),
+        (uniform, uniform),
+        (near_zero, one_hot),
+        (near_zero, uniform),
+    ]
     for p, q in cases:
         p, q = p.clone().requires_grad_(), q.clone().requires_grad_()
         value = js_divergence(p, q)

@@ -20,7 +20,9 @@ def lit_relevancy_chw(features, text):
         [
             torch.stack(
                 [
-                    torch.stack([torch.stack([lit_cos(text[c], features[s, :, h, w]) for w in range(width)]) for h in range(height)])
+                    torch.stack(
+                        [torch.stack([lit_cos(text[c], features[s, :, h, w]) for w in range(width)]) for h in range(height)]
+                    )
                     for c in range(text.shape[0])
                 ]
             )
