@@ -25,6 +25,7 @@ from nerfstudio.utils import colormaps
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from ovs3d_nerfstudio import losses
+from ovs3d_nerfstudio.data.patches import pool_patch_rays
 from ovs3d_nerfstudio.evaluation import segmentation_metrics
 from ovs3d_nerfstudio.field import APPEARANCE, SELECTION, Ovs3dField
 from ovs3d_nerfstudio.palette import colourize, palette
@@ -44,6 +45,24 @@ class Ovs3dModelConfig(ModelConfig):
     """Weight of the CLIP half of the supervision loss (Eq. 3)."""
     use_selection: bool = True
     """Learn the selection volume (Eq. 2); False averages the scales instead (ablation, Table 4)."""
+    use_rda: bool = True
+    """Relevancy-Distribution Alignment loss (Eqs. 5-8); False is the 'w/o RDA' ablation (Table 2)."""
+    rda_loss_mult: float = 1.0
+    """Weight of the RDA loss (official: relevancy 1.0)."""
+    use_fda: bool = True
+    """Feature-Distribution Alignment loss (Eqs. 9-14); False is the 'w/o FDA' ablation (Table 2)."""
+    fda_lambda_pos: float = 200.0
+    """Weight of the similar-DINO-feature part of FDA (lambda_pos, Eq. 14)."""
+    fda_lambda_neg: float = 0.2
+    """Weight of the dissimilar part (lambda_neg; the paper uses 0.18-0.22 on some scenes)."""
+    fda_rebalance: bool = True
+    """False uses lambda_pos for both parts: the 'w/o re-balancing' ablation (Table 2)."""
+    fda_temperature: float = 0.2
+    """tau of the sharpened probabilities (Eq. 10)."""
+    fda_shift: float = 0.7
+    """b, the DINO similarity above which two tokens count as similar (Eqs. 12-13)."""
+    fda_chunk_size: int = 128
+    """Rows of the pairwise JS correlation computed at once (memory bound of the FDA loss)."""
     near_plane: float = 0.05
     """How far along the ray to start sampling."""
     far_plane: float = 1000.0
@@ -261,27 +280,57 @@ class Ovs3dModel(Model):
 
     # -------------------------------------------------------------------- losses
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
-        metrics = {"psnr": psnr(outputs["rgb"], batch["image"].to(self.device))}
+        num_rays = batch["image"].shape[0]  # patch rays, if any, follow the random rays
+        metrics = {"psnr": psnr(outputs["rgb"][:num_rays], batch["image"].to(self.device))}
         if self.training and self.phase is Phase.RECONSTRUCTION:
             metrics["distortion"] = distortion_loss(outputs["weights_list"], outputs["ray_samples_list"])
         return metrics
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        """Loss terms of the current phase, each under its own name.
+
+        Random rays carry ``rgb``, ``clip`` (Eq. 3) and ``rda`` (Eqs. 5-8); the patch rays
+        that follow them in the batch carry ``fda_pos`` and ``fda_neg`` (Eqs. 9-14).
+        """
         loss_dict: Dict[str, Tensor] = {}
         phase = self.phase if self.training else Phase.SEGMENTATION_JOINT
+        num_rays = batch["image"].shape[0]
         if phase is not Phase.SEGMENTATION_FROZEN:
-            loss_dict["rgb"] = self.rgb_loss(batch["image"].to(self.device)[..., :3], outputs["rgb"])
+            loss_dict["rgb"] = self.rgb_loss(batch["image"].to(self.device)[..., :3], outputs["rgb"][:num_rays])
         if self.training and phase is Phase.RECONSTRUCTION:
             loss_dict["interlevel"] = self.config.interlevel_loss_mult * interlevel_loss(
                 outputs["weights_list"], outputs["ray_samples_list"]
             )
             assert metrics_dict is not None
             loss_dict["distortion"] = self.config.distortion_loss_mult * metrics_dict["distortion"]
-        if phase is not Phase.RECONSTRUCTION and "clip_targets" in batch and "clip" in outputs:
-            loss_dict["clip"] = self.config.clip_loss_mult * losses.clip_supervision_loss(
-                outputs["clip"], batch["clip_targets"], outputs["selection"], batch.get("clip_valid")
-            )
+        if phase is Phase.RECONSTRUCTION or "clip_targets" not in batch or "clip" not in outputs:
+            return loss_dict
+        selection = outputs["selection"][:num_rays]
+        loss_dict["clip"] = self.config.clip_loss_mult * losses.clip_supervision_loss(
+            outputs["clip"][:num_rays], batch["clip_targets"], selection, batch.get("clip_valid")
+        )
+        if self.config.use_rda and "relevancy" in batch:
+            relevancy = losses.selected_relevancy(batch["relevancy"], selection)
+            loss_dict["rda"] = self.config.rda_loss_mult * losses.rda_loss(outputs["logits"][:num_rays], relevancy)
+        if self.config.use_fda and "dino_tokens" in batch:
+            loss_dict["fda_pos"], loss_dict["fda_neg"] = self.fda_terms(outputs["clip"][num_rays:], batch["dino_tokens"])
         return loss_dict
+
+    def fda_terms(self, patch_clip: Tensor, dino_tokens: Tensor) -> Tuple[Tensor, Tensor]:
+        """Pools the patch rays to DINO's token grid and evaluates Eq. 14's two parts."""
+        num_patches, num_tokens = dino_tokens.shape[:2]
+        pooled = pool_patch_rays(patch_clip, num_patches, num_tokens)
+        logits = losses.segmentation_logits(pooled, self.text_features)
+        lambda_neg = self.config.fda_lambda_neg if self.config.fda_rebalance else self.config.fda_lambda_pos
+        return losses.fda_loss(
+            logits,
+            dino_tokens,
+            tau=self.config.fda_temperature,
+            shift=self.config.fda_shift,
+            lambda_pos=self.config.fda_lambda_pos,
+            lambda_neg=lambda_neg,
+            chunk_size=self.config.fda_chunk_size,
+        )
 
     # ---------------------------------------------------------------- evaluation
     def get_image_metrics_and_images(

@@ -22,9 +22,9 @@ class Ovs3dPipelineConfig(VanillaPipelineConfig):
 
 
 class Ovs3dPipeline(VanillaPipeline):
-    """Passes ``--pipeline.model.labels`` to the dataparser (it overrides the labels file)
-    and tells the datamanager when segmentation starts, so reconstruction batches skip the
-    CLIP targets."""
+    """Wires model options to the data side: ``--pipeline.model.labels`` overrides the labels
+    file, the RDA/FDA switches decide whether relevancy maps and patches are prepared, and
+    the datamanager learns when segmentation starts (reconstruction batches skip targets)."""
 
     config: Ovs3dPipelineConfig
 
@@ -39,5 +39,7 @@ class Ovs3dPipeline(VanillaPipeline):
     ):
         if config.model.labels and hasattr(config.datamanager.dataparser, "labels"):
             config.datamanager.dataparser.labels = tuple(config.model.labels)
+        config.datamanager.serve_relevancy = config.model.use_rda
+        config.datamanager.serve_patches = config.model.use_fda
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.datamanager.segmentation_start = config.model.schedule.reconstruction_steps

@@ -18,7 +18,9 @@ import torch
 from ovs3d_nerfstudio.data.procedural import tiny_scene_spec, write_scene
 
 ASSETS = Path(__file__).parent / "assets"
-RECONSTRUCTION, FROZEN, JOINT = 6, 3, 3
+# Checkpoints are saved after steps 3, 6 and 9: the first and last step of the frozen phase
+# (3..6) and the last joint step, so each phase's effect on each parameter group is visible.
+RECONSTRUCTION, FROZEN, JOINT, SAVE_EVERY = 3, 4, 3, 3
 STEPS = RECONSTRUCTION + FROZEN + JOINT
 
 
@@ -34,7 +36,8 @@ def tiny_train_args(scene: Path, output_dir: Path, cache_dir: Path) -> list:
         "--experiment-name", "tiny",
         "--timestamp", "run",
         "--max-num-iterations", str(STEPS),
-        "--steps-per-save", str(STEPS),
+        "--steps-per-save", str(SAVE_EVERY),
+        "--save-only-latest-checkpoint", "False",
         "--steps-per-eval-batch", "1000",
         "--steps-per-eval-image", "1000",
         "--steps-per-eval-all-images", "1000",
@@ -63,6 +66,14 @@ def tiny_train_args(scene: Path, output_dir: Path, cache_dir: Path) -> list:
         f"{data}clip.model-config-path", str(ASSETS / "ovs3d-tiny-clip.json"),
         f"{data}clip.pretrained", "random",
         f"{data}cache-dir", str(cache_dir),
+        f"{data}dino.pretrained", "random",
+        f"{data}dino.depth", "1",
+        f"{data}dino.embed-dim", "32",
+        f"{data}dino.num-heads", "2",
+        f"{data}num-patches", "2",
+        f"{data}patch-tokens", "2",
+        f"{data}patch-downscale", "2",
+        f"{data}patch-rays-per-token", "2",
         "ovs3d-data",
         "--data", str(scene),
     ]  # fmt: skip
@@ -76,18 +87,66 @@ def run_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
+def training(tmp_path_factory) -> tuple:
     root = tmp_path_factory.mktemp("e2e")
     scene = write_scene(tiny_scene_spec(seed=0), root / "scene", mask_views=[0, 4])
     ns_train = Path(sys.executable).with_name("ns-train")
-    run_cli([str(ns_train), *tiny_train_args(scene, root / "outputs", root / "cache")], cwd=root)
-    return root / "outputs" / "tiny" / "ovs3d" / "run"
+    result = run_cli([str(ns_train), *tiny_train_args(scene, root / "outputs", root / "cache")], cwd=root)
+    return root / "outputs" / "tiny" / "ovs3d" / "run", result.stdout
 
 
-def test_training_writes_a_checkpoint(trained_run: Path):
-    checkpoints = sorted((trained_run / "nerfstudio_models").glob("step-*.ckpt"))
-    assert [c.name for c in checkpoints] == [f"step-{STEPS - 1:09d}.ckpt"]
-    assert (trained_run / "config.yml").is_file()
+@pytest.fixture(scope="module")
+def trained_run(training) -> Path:
+    return training[0]
+
+
+def load_state(run: Path, step: int) -> dict:
+    checkpoint = torch.load(run / "nerfstudio_models" / f"step-{step:09d}.ckpt", map_location="cpu", weights_only=True)
+    return checkpoint["pipeline"]
+
+
+def group_state(state: dict, prefix: str) -> list:
+    return [value for key, value in sorted(state.items()) if key.startswith(f"_model.{prefix}")]
+
+
+def test_training_writes_checkpoints_and_logs_phases(training):
+    run, stdout = training
+    checkpoints = sorted((run / "nerfstudio_models").glob("step-*.ckpt"))
+    assert [c.name for c in checkpoints] == [f"step-{step:09d}.ckpt" for step in (3, 6, 9)]
+    assert (run / "config.yml").is_file()
+    for step, phase in [(0, "reconstruction"), (3, "segmentation-frozen"), (7, "segmentation-joint")]:
+        assert f"step {step}: phase '{phase}'" in stdout
+
+
+def test_each_phase_trains_only_its_groups(trained_run: Path):
+    first_frozen, last_frozen, last_joint = (load_state(trained_run, step) for step in (3, 6, 9))
+
+    def same(a: dict, b: dict, prefix: str) -> bool:
+        tensors_a, tensors_b = group_state(a, prefix), group_state(b, prefix)
+        assert tensors_a, f"no parameters under {prefix}"
+        return all(torch.equal(x, y) for x, y in zip(tensors_a, tensors_b))
+
+    # Segmentation phase 1: density and appearance frozen; selection and CLIP head trained.
+    for frozen in ("field.density_volume", "field.appearance_volume", "field.rgb_head", "proposal_networks"):
+        assert same(first_frozen, last_frozen, frozen), frozen
+    for trained in ("field.selection_volume", "clip_head"):
+        assert not same(first_frozen, last_frozen, trained), trained
+    # Phase 2: appearance and RGB head unfrozen; density stays frozen.
+    for trained in ("field.appearance_volume", "field.rgb_head", "field.selection_volume", "clip_head"):
+        assert not same(last_frozen, last_joint, trained), trained
+    for frozen in ("field.density_volume", "proposal_networks"):
+        assert same(last_frozen, last_joint, frozen), frozen
+
+
+def test_resuming_lands_in_the_right_phase(trained_run: Path, tmp_path: Path):
+    scene = trained_run.parents[2].parent / "scene"
+    args = tiny_train_args(scene, tmp_path / "outputs", trained_run.parents[2].parent / "cache")
+    args[args.index("--max-num-iterations") + 1] = str(STEPS + 1)
+    checkpoint = trained_run / "nerfstudio_models" / "step-000000006.ckpt"
+    ns_train = Path(sys.executable).with_name("ns-train")
+    result = run_cli([str(ns_train), *args[:1], "--load-checkpoint", str(checkpoint), *args[1:]], tmp_path)
+    assert "step 7: phase 'segmentation-joint'" in result.stdout
+    assert "phase 'reconstruction'" not in result.stdout
 
 
 def test_checkpoint_reloads_and_renders_labels(trained_run: Path):

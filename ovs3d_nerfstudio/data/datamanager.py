@@ -1,9 +1,15 @@
-"""Serves training rays with their multi-scale CLIP targets, and eval images with label maps.
+"""Serves training rays with their CLIP and relevancy targets, FDA patches with their DINO
+tokens, and eval images with ground-truth label maps.
 
 Training rays are sampled from the images downsampled ``ray_downscale`` x (paper: 8x),
-the resolution at which the pixel CLIP features (Alg. 1) are computed, so every ray has an
-exact feature target. Pixel indices come from nerfstudio's ``PixelSampler`` and rays from
-its ``RayGenerator`` on the rescaled cameras.
+the resolution at which the pixel CLIP features (Alg. 1) and the normalised relevancy
+maps (Eqs. 6-7) are computed, so every ray has exact targets. Patches come from the images
+downsampled ``patch_downscale`` x (paper: 5x). Pixel indices come from nerfstudio's
+``PixelSampler`` and rays from its ``RayGenerator`` on the rescaled cameras.
+
+DINO tokens are cached per view and cropped per patch by default; ``dino_tokens
+on-the-fly`` encodes each patch crop every step as the official code does (see
+docs/benchmarks.md for the measurement behind the default).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple, Type, Union
+
+import tyro
 
 import numpy as np
 import torch
@@ -29,11 +37,13 @@ from nerfstudio.model_components.ray_generators import RayGenerator
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
+from ovs3d_nerfstudio.data.patches import concat_ray_bundles, patch_ray_indices, sample_patch_origins
 from ovs3d_nerfstudio.evaluation import IGNORE
 from ovs3d_nerfstudio.features.cache import FeatureCache
 from ovs3d_nerfstudio.features.clip_pyramid import ClipFeatureStore, PixelClipPyramid, PyramidConfig, extract_pyramid
-from ovs3d_nerfstudio.teachers.base import ClipTeacher
-from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig
+from ovs3d_nerfstudio.features.relevancy import normalized_relevancy_maps
+from ovs3d_nerfstudio.teachers.base import ClipTeacher, DenseTeacher
+from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig, DinoTeacherConfig
 
 
 class Ovs3dDataset(InputDataset):
@@ -80,6 +90,22 @@ class Ovs3dDataManagerConfig(VanillaDataManagerConfig):
     """Feature cache folder (default: $XDG_CACHE_HOME/ovs3d_nerfstudio). Keyed by content."""
     pixel_sampler: PixelSamplerConfig = field(default_factory=PixelSamplerConfig)
     """Samples pixel indices for the ray batches."""
+    dino: DinoTeacherConfig = field(default_factory=DinoTeacherConfig)
+    """The DINO-like dense teacher of the FDA loss (built-in DINO v1 or an import path)."""
+    num_patches: int = 8
+    """FDA patches per step (paper: 8)."""
+    patch_tokens: int = 32
+    """DINO tokens per patch side; a patch spans patch_tokens * stride pixels (paper: 32 -> 256 px)."""
+    patch_downscale: int = 5
+    """Patches come from the images downsampled by this factor (paper: 5)."""
+    patch_rays_per_token: int = 8
+    """Rendered rays per token side, averaged into the token (official: 8 = every pixel; 2 is ~16x cheaper)."""
+    dino_tokens: Literal["cached", "on-the-fly"] = "cached"
+    """DINO tokens of each view computed once and cropped per patch, or encoded per patch every step."""
+    serve_relevancy: tyro.conf.Suppress[bool] = True
+    """Set by the pipeline from the model's RDA switch."""
+    serve_patches: tyro.conf.Suppress[bool] = True
+    """Set by the pipeline from the model's FDA switch."""
 
 
 class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
@@ -103,14 +129,12 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
                 "(it also reads nerfstudio-format data with a labels.txt beside transforms.json)."
             )
         self._clip_teacher: Optional[ClipTeacher] = None
+        self._text_features: Optional[Tensor] = None
         self.segmentation_start = 0
         super().__init__(config, device, test_mode, world_size, local_rank, **kwargs)
-        labels: List[str] = self.train_dataparser_outputs.metadata["labels"]
-        with torch.no_grad():
-            text_features = self.clip_teacher.encode_text(labels).float().cpu()
         # The model reads these when it is built (VanillaPipeline passes the dataset metadata).
         self.train_dataset.metadata.update(
-            text_features=text_features,
+            text_features=self.text_features.cpu(),
             num_scales=len(self.config.pyramid.patch_fractions),
             clip_teacher=self.clip_teacher,
         )
@@ -121,9 +145,23 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
             self._clip_teacher = self.config.clip.setup(device=str(self.device))
         return self._clip_teacher
 
+    @property
+    def text_features(self) -> Tensor:
+        """CLIP text embeddings of the labels, [C, D] float32 on the datamanager's device."""
+        if self._text_features is None:
+            labels: List[str] = self.train_dataparser_outputs.metadata["labels"]
+            with torch.no_grad():
+                self._text_features = self.clip_teacher.encode_text(labels).float().to(self.device)
+        return self._text_features
+
     # ------------------------------------------------------------------ training
     def setup_train(self):
-        """Loads the ray-resolution images and the CLIP window store; no full-size image cache."""
+        """Loads ray- and patch-resolution images, CLIP window store, relevancy maps, DINO tokens.
+
+        Only for training: ``ns-eval``/``ns-viewer``/``ns-render`` need none of it.
+        """
+        if self.test_mode != "val":
+            return
         outputs = self.train_dataparser_outputs
         factor = self.config.ray_downscale
         self.ray_images = load_downscaled_images(outputs.image_filenames, factor).to(self.device)
@@ -141,6 +179,53 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         self.clip_views = clip_view_subset(len(outputs.image_filenames), self.config.clip_view_fraction)
         self.clip_store = self._load_clip_features(self.clip_views).to(self.device)
         self.clip_views = self.clip_views.to(self.device)
+        if self.config.serve_relevancy:
+            self.relevancy = self._relevancy_maps()
+        if self.config.serve_patches:
+            self._setup_patches()
+
+    def _relevancy_maps(self) -> Tensor:
+        """Eqs. 6-7 per view, scale and class at load time (official code): [Vc, Ns, C, H, W] fp16."""
+        maps = []
+        for store_index in range(self.clip_store.num_views):
+            dense = torch.stack([self.clip_store.dense(store_index, s) for s in range(self.clip_store.num_scales)])
+            maps.append(normalized_relevancy_maps(dense, self.text_features).half())
+        return torch.stack(maps)
+
+    def _setup_patches(self) -> None:
+        outputs = self.train_dataparser_outputs
+        self.dino_teacher: DenseTeacher = self.config.dino.setup(device=str(self.device))
+        stride = self.dino_teacher.stride
+        self.patch_pixels = self.config.patch_tokens * stride
+        self.patch_images = load_downscaled_images(outputs.image_filenames, self.config.patch_downscale).to(self.device)
+        cameras: Cameras = outputs.cameras.to("cpu")
+        cameras.rescale_output_resolution(1.0 / self.config.patch_downscale)
+        self.patch_ray_generator = RayGenerator(cameras.to(self.device))
+        self.dino_cache: Optional[Tensor] = None
+        if self.config.dino_tokens == "cached":
+            height, width = (size // stride * stride for size in self.patch_images.shape[1:3])
+            with torch.no_grad():
+                self.dino_cache = torch.cat(
+                    [self._encode_dino(self.patch_images[v : v + 1, :height, :width]).half() for v in range(len(self.patch_images))]
+                )
+
+    def _encode_dino(self, images: UInt8[Tensor, "B H W 3"]) -> Tensor:
+        return self.dino_teacher.encode_dense(images.permute(0, 3, 1, 2).float() / 255.0)
+
+    def _patch_tokens(self, origins: Tensor) -> Tensor:
+        """DINO tokens of each patch, [P, tokens^2, C]: cropped from the cache or encoded now."""
+        stride, tokens = self.dino_teacher.stride, self.config.patch_tokens
+        if self.dino_cache is not None:
+            rows = origins[:, 1, None] // stride + torch.arange(tokens, device=origins.device)
+            cols = origins[:, 2, None] // stride + torch.arange(tokens, device=origins.device)
+            crops = self.dino_cache[origins[:, 0, None, None], rows[:, :, None], cols[:, None, :]]
+            return crops.float().reshape(len(origins), tokens * tokens, -1)
+        pixels = self.patch_pixels
+        crops = torch.stack(
+            [self.patch_images[v, y : y + pixels, x : x + pixels] for v, y, x in origins.tolist()]
+        )
+        with torch.no_grad():
+            return self._encode_dino(crops).float().reshape(len(origins), tokens * tokens, -1)
 
     def _load_clip_features(self, views: Tensor) -> ClipFeatureStore:
         """Computes (or reads from the content-keyed cache) Alg. 1 features of ``views``."""
@@ -185,9 +270,26 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         indices = indices.long()
         view, y, x = indices.unbind(dim=-1)
         batch: Dict[str, Tensor] = {"image": self.ray_images[view, y, x].float() / 255.0, "indices": indices}
-        if segmenting:
-            batch["clip_targets"] = self.clip_store.gather(store_index, y, x)
-        return self.train_ray_generator(indices), batch
+        ray_bundle = self.train_ray_generator(indices)
+        if not segmenting:
+            return ray_bundle, batch
+        batch["clip_targets"] = self.clip_store.gather(store_index, y, x)
+        if self.config.serve_relevancy:
+            batch["relevancy"] = self.relevancy[store_index, :, :, y, x].float()
+        if self.config.serve_patches:
+            patch_bundle, batch["dino_tokens"] = self._next_patches()
+            ray_bundle = concat_ray_bundles(ray_bundle, patch_bundle)
+        return ray_bundle, batch
+
+    def _next_patches(self) -> Tuple[RayBundle, Tensor]:
+        """Rays of ``num_patches`` random token-aligned patches and their DINO tokens."""
+        num_views, height, width = self.patch_images.shape[:3]
+        stride = self.dino_teacher.stride
+        origins = sample_patch_origins(
+            self.config.num_patches, num_views, height, width, self.patch_pixels, stride, self.device
+        )
+        indices = patch_ray_indices(origins, self.config.patch_tokens, stride, self.config.patch_rays_per_token)
+        return self.patch_ray_generator(indices), self._patch_tokens(origins)
 
 
 def clip_view_subset(num_views: int, fraction: float) -> Tensor:
