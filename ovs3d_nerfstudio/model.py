@@ -307,7 +307,7 @@ class Ovs3dModel(Model):
             return loss_dict
         selection = outputs["selection"][:num_rays]
         loss_dict["clip"] = self.config.clip_loss_mult * losses.clip_supervision_loss(
-            outputs["clip"][:num_rays], batch["clip_targets"], selection, batch.get("clip_valid")
+            outputs["clip"][:num_rays], batch["clip_targets"], selection
         )
         if self.config.use_rda and "relevancy" in batch:
             relevancy = losses.selected_relevancy(batch["relevancy"], selection)

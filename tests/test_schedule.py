@@ -1,0 +1,40 @@
+"""The staged schedule: phases, frozen groups and learning rates are functions of the step."""
+
+import pytest
+
+from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig
+
+
+def test_paper_defaults():
+    schedule = ScheduleConfig()
+    assert (schedule.frozen_steps, schedule.joint_steps) == (5000, 10000)
+    start = schedule.reconstruction_steps
+    assert schedule.learning_rate("selection", start) == pytest.approx(0.02)
+    assert schedule.learning_rate("clip_head", start) == pytest.approx(1e-4)
+    assert schedule.total_steps == start + 15000
+
+
+def test_phase_boundaries():
+    schedule = ScheduleConfig(reconstruction_steps=10, frozen_steps=5, joint_steps=5)
+    assert [schedule.phase(s) for s in (0, 9, 10, 14, 15, 19)] == [
+        Phase.RECONSTRUCTION, Phase.RECONSTRUCTION, Phase.SEGMENTATION_FROZEN,
+        Phase.SEGMENTATION_FROZEN, Phase.SEGMENTATION_JOINT, Phase.SEGMENTATION_JOINT,
+    ]  # fmt: skip
+
+
+def test_frozen_groups_get_no_learning_rate():
+    schedule = ScheduleConfig(reconstruction_steps=10, frozen_steps=5, joint_steps=5)
+    for step in range(20):
+        phase = schedule.phase(step)
+        for group in ("proposal_networks", "density", "appearance", "rgb_head", "selection", "clip_head"):
+            assert (schedule.learning_rate(group, step) > 0) == (group in TRAINABLE[phase])
+    assert "density" not in TRAINABLE[Phase.SEGMENTATION_JOINT]
+    assert "appearance" in TRAINABLE[Phase.SEGMENTATION_JOINT]
+
+
+def test_segmentation_decays_to_a_tenth():
+    schedule = ScheduleConfig(reconstruction_steps=0, frozen_steps=50, joint_steps=50)
+    assert schedule.learning_rate("selection", 0) == pytest.approx(0.02)
+    # Joint phase starts from its own base rate, already decayed by half the stage.
+    assert schedule.learning_rate("selection", 50) == pytest.approx(5e-3 * 0.1**0.5)
+    assert schedule.learning_rate("clip_head", 100) == pytest.approx(5e-5 * 0.1)
