@@ -62,7 +62,9 @@ def _rig(num_views: int, width: int, target: Vec3 = (0.0, -0.2, 0.0)) -> CameraR
     return CameraRig(num_views=num_views, target=target, distance=3.0, spread=(0.35, 0.2), focal=1.25 * width)
 
 
-def fruit_lawn(seed: int = 0, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1], num_views: int = NUM_VIEWS) -> SceneSpec:
+def fruit_lawn(
+    seed: int = 0, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1], num_views: int = NUM_VIEWS
+) -> SceneSpec:
     """Like the dataset's *lawn*: fruit and a bottle on grass before a stone wall.
 
     Look-alikes: a speckled red apple and a smaller, smooth red tomato. Small object: a
@@ -90,7 +92,9 @@ def fruit_lawn(seed: int = 0, width: int = DEFAULT_SIZE[0], height: int = DEFAUL
     )
 
 
-def desk(seed: int = 0, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1], num_views: int = NUM_VIEWS) -> SceneSpec:
+def desk(
+    seed: int = 0, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1], num_views: int = NUM_VIEWS
+) -> SceneSpec:
     """Like the dataset's *office_desk*, seen from above: office objects on a wooden desktop.
 
     The desktop is the background plane facing the cameras and objects stand out of it
@@ -129,7 +133,9 @@ def desk(seed: int = 0, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE
     )
 
 
-def shelf(seed: int = 0, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1], num_views: int = NUM_VIEWS) -> SceneSpec:
+def shelf(
+    seed: int = 0, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1], num_views: int = NUM_VIEWS
+) -> SceneSpec:
     """Like the dataset's *snacks*: packaged food on a wooden shelf before a brick wall.
 
     Look-alikes: a large speckled potato chips bag and a small smooth yellow lemon. Small

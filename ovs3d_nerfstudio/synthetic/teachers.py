@@ -38,10 +38,11 @@ All parameters are fixed by the dataclasses below and are part of each teacher's
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -203,7 +204,8 @@ def _identity(name: str, params: object) -> str:
     The digest covers the lexicon, stop words and colour prototypes, so editing the teacher's
     knowledge invalidates cached features even if the version is not bumped.
     """
-    knowledge = repr((sorted((w, sorted(c.items())) for w, c in LEXICON.items()), sorted(STOP_WORDS), COLOUR_PROTOTYPES))
+    lexicon = sorted((word, sorted(weights.items())) for word, weights in LEXICON.items())
+    knowledge = repr((lexicon, sorted(STOP_WORDS), COLOUR_PROTOTYPES))
     digest = hashlib.blake2b(knowledge.encode(), digest_size=6).hexdigest()
     fields = ",".join(f"{key}={value}" for key, value in sorted(_flatten(asdict(params)).items()))
     return f"{name}:v{_VERSION}:knowledge={digest}:{fields}"
@@ -232,6 +234,10 @@ def _word_seed(word: str, salt: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{salt}:{word}".encode(), digest_size=8).digest(), "little") >> 1
 
 
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 _HASH_PRIME = 2_147_483_647
 """2^31 - 1: products of two residues fit in int64, so the batched crop hash never overflows."""
 
@@ -252,6 +258,30 @@ def _crop_hashes(quantised: Int[Tensor, "B 3 H W"], sizes: Int[Tensor, "B 2"]) -
     # Per-term products stay below 2^39: the sum is exact for crops of up to ~4 M pixels.
     summed = (quantised * weights).sum(dim=(1, 2, 3)) % _HASH_PRIME
     return (summed * 31 + sizes[:, 0] * 1_009 + sizes[:, 1]) % _HASH_PRIME
+
+
+_Function = TypeVar("_Function", bound=Callable)
+
+
+def _single_threaded(function: _Function) -> _Function:
+    """Runs ``function`` without autograd and with one intra-op thread, restored afterwards.
+
+    The teachers work on tensors of at most a few MB, where intra-op threads cannot pay for
+    their fork/join; on a CPU shared with other jobs they made every operation 10-20x slower
+    (measured on a loaded 2-core machine). No autograd: the teachers are frozen.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _masked_mean(
@@ -281,6 +311,7 @@ class PixelAppearance:
     depend on what surrounded it in the original image.
     """
 
+    @_single_threaded
     def __init__(self, params: AppearanceParams) -> None:
         self.params = params
         rgb = torch.tensor([COLOUR_PROTOTYPES[name] for name in COLOUR_CONCEPTS]) * params.exposure
@@ -378,7 +409,7 @@ class SyntheticClipTeacher:
         noise = torch.randn(_NOISE_TABLE_SIZE, params.embed_dim, generator=generator)
         self.noise_table = params.noise * noise / noise.norm(dim=1, keepdim=True)
 
-    @torch.no_grad()
+    @_single_threaded
     def encode_crops(self, crops: Sequence[Float[Tensor, "3 h w"]]) -> Float[Tensor, "B D"]:
         """Embeds crops of any sizes, each from its own 8-bit pixels only (padding is masked out)."""
         if len(crops) == 0:
@@ -387,9 +418,8 @@ class SyntheticClipTeacher:
         height = max(crop.shape[1] for crop in crops)
         width = max(crop.shape[2] for crop in crops)
         # Like CLIP's preprocessing, the teacher sees 8-bit pixels.
-        quantised = torch.stack(
-            [F.pad(crop.detach().float().cpu(), (0, width - crop.shape[2], 0, height - crop.shape[1])) for crop in crops]
-        )
+        padding = [(0, width - crop.shape[2], 0, height - crop.shape[1]) for crop in crops]
+        quantised = torch.stack([F.pad(crop.detach().float().cpu(), pad) for crop, pad in zip(crops, padding)])
         quantised = (quantised.clamp(0, 1) * 255).round().long()
         sizes = torch.tensor([crop.shape[1:] for crop in crops])
         valid = (
@@ -415,7 +445,7 @@ class SyntheticClipTeacher:
                 weights[CONCEPTS.index(concept)] += weight
         return weights
 
-    @torch.no_grad()
+    @_single_threaded
     def encode_text(self, texts: List[str]) -> Float[Tensor, "C D"]:
         """Embeds label strings from their words alone; unknown words add only identity."""
         rows = []
@@ -424,7 +454,7 @@ class SyntheticClipTeacher:
             appearance = weights / weights.norm() if weights.any() else weights
             words = _words(text) or [text.strip().lower()]
             identity = sum(
-                torch.randn(self.word_basis.shape[1], generator=torch.Generator().manual_seed(_word_seed(word, self.params.seed)))
+                torch.randn(self.word_basis.shape[1], generator=_generator(_word_seed(word, self.params.seed)))
                 for word in words
             )
             identity = self.word_basis @ (identity / identity.norm())
@@ -457,7 +487,7 @@ class SyntheticDinoTeacher:
         self.frequencies = torch.randn(num_stats, params.feature_dim, generator=generator) / params.bandwidth
         self.phases = 2 * np.pi * torch.rand(params.feature_dim, generator=generator)
 
-    @torch.no_grad()
+    @_single_threaded
     def encode_dense(self, images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B h w C"]:
         """Tokens on the stride-8 grid; sides must be multiples of 8."""
         batch, _, height, width = images.shape
@@ -486,12 +516,8 @@ class SyntheticDinoTeacher:
         context = F.avg_pool2d(F.pad(cell, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         stats = torch.cat([cell, self.params.context_weight * context], dim=1).permute(0, 2, 3, 1)
         tokens = torch.cos(stats @ self.frequencies + self.phases) * np.sqrt(2.0 / self.feature_dim)
-        noise = torch.stack(
-            [
-                torch.randn(tokens.shape[1:], generator=torch.Generator().manual_seed(_image_seed(image, self.params.seed)))
-                for image in images
-            ]
-        )
+        seeds = [_image_seed(image, self.params.seed) for image in images]
+        noise = torch.stack([torch.randn(tokens.shape[1:], generator=_generator(seed)) for seed in seeds])
         tokens = tokens + self.params.noise * noise / np.sqrt(self.feature_dim)
         return tokens.to(device)
 
