@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Tuple, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -28,8 +28,11 @@ from ovs3d_nerfstudio import losses
 from ovs3d_nerfstudio.data.patches import pool_patch_rays
 from ovs3d_nerfstudio.evaluation import segmentation_metrics
 from ovs3d_nerfstudio.field import APPEARANCE, SELECTION, Ovs3dField
+from ovs3d_nerfstudio.data.labels import validate_labels
 from ovs3d_nerfstudio.palette import colourize, palette
+from ovs3d_nerfstudio.queries import CANONICAL_NEGATIVES, overlay, query_relevancy
 from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig
+from ovs3d_nerfstudio.viewer import SegmentationPanel
 
 
 @dataclass
@@ -126,7 +129,11 @@ class Ovs3dModel(Model):
     """Renders RGB, CLIP features and scale selection; scores them against the text labels.
 
     The dataset metadata must provide ``labels`` (list of str), ``text_features``
-    ([C, D] CLIP text embeddings) and ``num_scales`` (N_s), set by the datamanager.
+    ([C, D] CLIP text embeddings) and ``num_scales`` (N_s), set by the datamanager, and
+    ``clip_teacher`` for scoring new text (viewer label edits and free queries).
+
+    Training always scores the trained labels; rendering for display (viewer, ns-render,
+    ns-eval) scores the *display* labels, which equal the trained ones until edited.
     """
 
     config: Ovs3dModelConfig
@@ -138,6 +145,10 @@ class Ovs3dModel(Model):
         self.register_buffer("text_features", F.normalize(text, dim=-1))
         self.num_scales = int(self.kwargs["metadata"]["num_scales"])
         self.register_buffer("label_colours", palette(len(self.labels)))
+        self._clip_teacher = self.kwargs["metadata"].get("clip_teacher")
+        self.display_labels: List[str] = list(self.labels)
+        self._display_text: Optional[Tensor] = None
+        self._query: Optional[Tensor] = None
 
         contraction = SceneContraction(order=float("inf"))
         self.field = Ovs3dField(
@@ -194,6 +205,32 @@ class Ovs3dModel(Model):
         self.rgb_loss = MSELoss()
         self.step = 0
         self.phase = self.config.schedule.phase(0)
+        self.segmentation = SegmentationPanel(self)
+
+    # ------------------------------------------------------------ display labels
+    def encode_text(self, texts: List[str]) -> Tensor:
+        if self._clip_teacher is None:
+            raise RuntimeError("no CLIP teacher was passed to the model: it cannot encode new text")
+        with torch.no_grad():
+            return F.normalize(self._clip_teacher.encode_text(texts).float(), dim=-1).to(self.device)
+
+    def set_display_labels(self, labels: List[str]) -> None:
+        """Re-scores rendered features against new labels (no retraining; the losses keep the old ones)."""
+        labels = validate_labels(labels, "the viewer's label list")
+        self._display_text = None if labels == self.labels else self.encode_text(labels)
+        self.display_labels = labels
+
+    def set_query(self, phrase: Optional[str]) -> None:
+        """A free phrase adds a ``query_relevancy`` output; None removes it."""
+        self._query = None if phrase is None else self.encode_text([phrase, *CANONICAL_NEGATIVES])
+
+    @property
+    def display_text_features(self) -> Tensor:
+        return self.text_features if self._display_text is None else self._display_text.to(self.device)
+
+    @property
+    def display_colours(self) -> Tensor:
+        return palette(len(self.display_labels)).to(self.device)
 
     # ------------------------------------------------------------------ schedule
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -257,19 +294,33 @@ class Ovs3dModel(Model):
         rendered_appearance = torch.sum(weights * field_outputs[APPEARANCE], dim=-2)
         clip = F.linear(rendered_appearance, self.clip_head.weight) + accumulation * self.clip_head.bias
         selection = self.render_selection(torch.sum(weights * field_outputs[SELECTION], dim=-2))
-        logits = losses.segmentation_logits(clip, self.text_features)
+        text, colours = (self.text_features, self.label_colours) if self.training else (
+            self.display_text_features, self.display_colours
+        )
+        logits = losses.segmentation_logits(clip, text)
         probabilities = torch.softmax(logits, dim=-1)
 
+        # "labels" first: the viewer shows the first output by default.
         outputs: Dict[str, Tensor | List] = {
+            "labels": colourize(logits.argmax(dim=-1), colours),
             "rgb": rgb,
             "accumulation": accumulation,
             "depth": depth,
-            "labels": colourize(logits.argmax(dim=-1), self.label_colours),
             "class_probabilities": probabilities,
             "selection": selection,
         }
+        if self._query is not None and not self.training:
+            outputs["query_relevancy"] = query_relevancy(clip, self._query[0], self._query[1:])
         if self.training:
             outputs.update(clip=clip, logits=logits, weights_list=weights_list, ray_samples_list=ray_samples_list)
+        return outputs
+
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera, obb_box=None) -> Dict[str, Tensor]:
+        """Adds ``labels_overlay``: labels over RGB with boundaries (needs the whole image)."""
+        outputs = super().get_outputs_for_camera(camera, obb_box=obb_box)
+        label_ids = outputs["class_probabilities"].argmax(dim=-1)
+        outputs["labels_overlay"] = overlay(outputs["rgb"], outputs["labels"], label_ids)
         return outputs
 
     def render_selection(self, rendered_logits: Tensor) -> Tensor:

@@ -42,3 +42,11 @@ def tiny_dino_config() -> DinoTeacherConfig:
 @pytest.fixture(scope="session")
 def tiny_dino_teacher():
     return make_tiny_dino_config().setup()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(run folder, ns-train stdout) of the shared tiny training run (see tiny_run.py)."""
+    from tiny_run import train_tiny_run
+
+    return train_tiny_run(tmp_path_factory.mktemp("tiny_run"))

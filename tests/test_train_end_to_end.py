@@ -1,7 +1,7 @@
 """End to end: ``ns-train ovs3d`` on a generated scene, then reload it and ``ns-eval`` it.
 
-Training runs through the real CLI with the built-in open_clip teacher on a tiny
-random-weight architecture, every phase of the schedule, and a tiny field on CPU.
+The shared tiny run (tests/tiny_run.py) trains through the real CLI; these tests check
+its checkpoints, phases, reload, resume and evaluation.
 """
 
 from __future__ import annotations
@@ -16,88 +16,12 @@ import pytest
 import torch
 
 from ovs3d_nerfstudio.data.procedural import tiny_scene_spec, write_scene
-
-ASSETS = Path(__file__).parent / "assets"
-# Checkpoints are saved after steps 3, 6 and 9: the first and last step of the frozen phase
-# (3..6) and the last joint step, so each phase's effect on each parameter group is visible.
-RECONSTRUCTION, FROZEN, JOINT, SAVE_EVERY = 3, 4, 3, 3
-STEPS = RECONSTRUCTION + FROZEN + JOINT
-
-
-def tiny_train_args(scene: Path, output_dir: Path, cache_dir: Path) -> list:
-    """The tiny settings: all phases of the schedule, a small field, few rays and samples."""
-    model = "--pipeline.model."
-    data = "--pipeline.datamanager."
-    return [
-        "ovs3d",
-        "--machine.device-type", "cpu",
-        "--vis", "tensorboard",
-        "--output-dir", str(output_dir),
-        "--experiment-name", "tiny",
-        "--timestamp", "run",
-        "--max-num-iterations", str(STEPS),
-        "--steps-per-save", str(SAVE_EVERY),
-        "--save-only-latest-checkpoint", "False",
-        "--steps-per-eval-batch", "1000",
-        "--steps-per-eval-image", "1000",
-        "--steps-per-eval-all-images", "1000",
-        "--mixed-precision", "False",
-        f"{model}implementation", "torch",
-        f"{model}schedule.reconstruction-steps", str(RECONSTRUCTION),
-        f"{model}schedule.frozen-steps", str(FROZEN),
-        f"{model}schedule.joint-steps", str(JOINT),
-        f"{model}num-levels", "4",
-        f"{model}max-res", "64",
-        f"{model}log2-hashmap-size", "12",
-        f"{model}selection-num-levels", "2",
-        f"{model}selection-max-res", "32",
-        f"{model}selection-log2-hashmap-size", "10",
-        f"{model}hidden-dim", "16",
-        f"{model}hidden-dim-color", "16",
-        f"{model}appearance-dim", "8",
-        f"{model}appearance-embedding-dim", "4",
-        f"{model}num-proposal-samples-per-ray", "16", "8",
-        f"{model}num-nerf-samples-per-ray", "8",
-        f"{model}eval-num-rays-per-chunk", "1024",
-        f"{data}train-num-rays-per-batch", "64",
-        f"{data}ray-downscale", "2",
-        f"{data}pyramid.patch-fractions", "0.5", "0.34", "0.25",
-        f"{data}clip.model-name", "ovs3d-tiny-clip",
-        f"{data}clip.model-config-path", str(ASSETS / "ovs3d-tiny-clip.json"),
-        f"{data}clip.pretrained", "random",
-        f"{data}cache-dir", str(cache_dir),
-        f"{data}dino.pretrained", "random",
-        f"{data}dino.depth", "1",
-        f"{data}dino.embed-dim", "32",
-        f"{data}dino.num-heads", "2",
-        f"{data}num-patches", "2",
-        f"{data}patch-tokens", "2",
-        f"{data}patch-downscale", "2",
-        f"{data}patch-rays-per-token", "2",
-        "ovs3d-data",
-        "--data", str(scene),
-    ]  # fmt: skip
-
-
-def run_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
+from tiny_run import STEPS, run_cli, tiny_train_args
 
 
 @pytest.fixture(scope="module")
-def training(tmp_path_factory) -> tuple:
-    root = tmp_path_factory.mktemp("e2e")
-    scene = write_scene(tiny_scene_spec(seed=0), root / "scene", mask_views=[0, 4])
-    ns_train = Path(sys.executable).with_name("ns-train")
-    result = run_cli([str(ns_train), *tiny_train_args(scene, root / "outputs", root / "cache")], cwd=root)
-    return root / "outputs" / "tiny" / "ovs3d" / "run", result.stdout
-
-
-@pytest.fixture(scope="module")
-def trained_run(training) -> Path:
-    return training[0]
+def trained_run(tiny_run) -> Path:
+    return tiny_run[0]
 
 
 def load_state(run: Path, step: int) -> dict:
@@ -109,8 +33,8 @@ def group_state(state: dict, prefix: str) -> list:
     return [value for key, value in sorted(state.items()) if key.startswith(f"_model.{prefix}")]
 
 
-def test_training_writes_checkpoints_and_logs_phases(training):
-    run, stdout = training
+def test_training_writes_checkpoints_and_logs_phases(tiny_run):
+    run, stdout = tiny_run
     checkpoints = sorted((run / "nerfstudio_models").glob("step-*.ckpt"))
     assert [c.name for c in checkpoints] == [f"step-{step:09d}.ckpt" for step in (3, 6, 9)]
     assert (run / "config.yml").is_file()
@@ -139,8 +63,8 @@ def test_each_phase_trains_only_its_groups(trained_run: Path):
 
 
 def test_resuming_lands_in_the_right_phase(trained_run: Path, tmp_path: Path):
-    scene = trained_run.parents[2].parent / "scene"
-    args = tiny_train_args(scene, tmp_path / "outputs", trained_run.parents[2].parent / "cache")
+    root = trained_run.parents[3]
+    args = tiny_train_args(root / "scene", tmp_path / "outputs", root / "cache")
     args[args.index("--max-num-iterations") + 1] = str(STEPS + 1)
     checkpoint = trained_run / "nerfstudio_models" / "step-000000006.ckpt"
     ns_train = Path(sys.executable).with_name("ns-train")
@@ -155,7 +79,7 @@ def test_checkpoint_reloads_and_renders_labels(trained_run: Path):
     _, pipeline, _, step = eval_setup(trained_run / "config.yml", test_mode="test")
     assert step == STEPS - 1
     model = pipeline.model
-    classes = trained_run.parents[2].parent / "scene" / "segmentations" / "classes.txt"
+    classes = trained_run.parents[3] / "scene" / "segmentations" / "classes.txt"
     assert model.labels == classes.read_text().split("\n")[:-1]
     camera = pipeline.datamanager.eval_dataset.cameras[0:1].to(model.device)
     with torch.no_grad():
