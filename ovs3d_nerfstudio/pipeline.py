@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional, Type
 
-import torch
 from torch.cuda.amp.grad_scaler import GradScaler
 
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+
+from ovs3d_nerfstudio.evaluation import per_class_iou
 
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig
 from ovs3d_nerfstudio.model import Ovs3dModelConfig
@@ -43,3 +45,13 @@ class Ovs3dPipeline(VanillaPipeline):
         config.datamanager.serve_patches = config.model.use_fda
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.datamanager.segmentation_start = config.model.schedule.reconstruction_steps
+
+    def get_average_image_metrics(
+        self, data_loader, image_prefix: str, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
+    ):
+        """ns-eval's averages, with per-class counts turned into scene-level ``iou/<label>``.
+
+        With ``ns-eval --render-output-path DIR`` the predicted label images (``labels``,
+        ``labels_overlay``) are written there too.
+        """
+        return per_class_iou(super().get_average_image_metrics(data_loader, image_prefix, step, output_path, get_std))

@@ -100,12 +100,19 @@ def test_checkpoint_reloads_and_renders_labels(trained_run: Path):
 
 def test_ns_eval_reports_segmentation_metrics(trained_run: Path, tmp_path: Path):
     ns_eval = Path(sys.executable).with_name("ns-eval")
-    metrics_path = tmp_path / "metrics.json"
-    run_cli([str(ns_eval), "--load-config", str(trained_run / "config.yml"), "--output-path", str(metrics_path)], tmp_path)
+    metrics_path, images = tmp_path / "metrics.json", tmp_path / "images"
+    config = str(trained_run / "config.yml")
+    run_cli([str(ns_eval), "--load-config", config, "--output-path", str(metrics_path), "--render-output-path", str(images)], tmp_path)
     results = json.loads(metrics_path.read_text())["results"]
     assert 0.0 <= results["miou"] <= 1.0
     assert 0.0 <= results["accuracy"] <= 1.0
     assert results["psnr"] > 0.0
+    class_ious = {key: value for key, value in results.items() if key.startswith("iou/")}
+    assert class_ious and all(0.0 <= value <= 1.0 for value in class_ious.values())
+    assert not any(key.startswith(("intersection/", "union/")) for key in results)
+    # Two views have masks: their predicted label maps and overlays are written.
+    assert len(list(images.glob("eval_labels_*.png"))) == 2
+    assert len(list(images.glob("eval_labels_overlay_*.png"))) == 2
 
 
 def test_bad_scene_gives_one_clear_message_not_a_traceback(tmp_path: Path):
