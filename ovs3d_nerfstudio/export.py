@@ -40,7 +40,9 @@ POINT_DTYPE = np.dtype(
 )  # fmt: skip
 """One exported point: position, palette colour of its label, label id, and the rendered RGB."""
 
-_PLY_TYPES = {"f4": "float", "f8": "double", "i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort", "i4": "int", "u4": "uint"}  # fmt: skip
+_PLY_TYPES = {
+    "f4": "float", "f8": "double", "i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort", "i4": "int", "u4": "uint"
+}  # fmt: skip
 """PLY scalar type of each numpy ``kind + itemsize``."""
 
 
@@ -69,7 +71,7 @@ def write_ply(path: Path, vertices: np.ndarray, comments: Sequence[str] = ()) ->
 
 
 def read_ply(path: Path) -> np.ndarray:
-    """Reads the ``vertex`` element of a binary little-endian PLY (as :func:`write_ply` writes) into a structured array."""
+    """Reads the ``vertex`` element of a binary little-endian PLY, as :func:`write_ply` writes it."""
     data = Path(path).read_bytes()
     end = data.find(b"end_header\n")
     if not data.startswith(b"ply\n") or end < 0:
@@ -135,7 +137,10 @@ def sample_labelled_points(
 
 
 def point_records(
-    positions: Float[Tensor, "N 3"], label_ids: Int[Tensor, "N"], rgb: Float[Tensor, "N 3"], colours: Float[Tensor, "C 3"]
+    positions: Float[Tensor, "N 3"],
+    label_ids: Int[Tensor, " N"],
+    rgb: Float[Tensor, "N 3"],
+    colours: Float[Tensor, "C 3"],
 ) -> np.ndarray:
     """Packs points into :data:`POINT_DTYPE` records; ``red green blue`` is the label's palette colour."""
     records = np.empty(len(positions), dtype=POINT_DTYPE)
@@ -177,6 +182,8 @@ class ExportLabelledPointCloud:
         if not 0.0 <= self.opacity_threshold < 1.0:
             raise UserFacingError(f"--opacity-threshold must be in [0, 1), got {self.opacity_threshold}")
         max_num_rays = self.max_num_rays if self.max_num_rays is not None else 4 * self.num_points
+        if max_num_rays <= 0:
+            raise UserFacingError(f"--max-num-rays must be positive, got {max_num_rays}")
         pipeline = load_ovs3d_run(self.load_config)
         model: Ovs3dModel = pipeline.model
         dataparser_outputs = pipeline.datamanager.train_dataparser_outputs

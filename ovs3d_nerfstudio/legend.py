@@ -64,7 +64,7 @@ def legend_image(labels: Sequence[str], colours: Colours) -> UInt8[np.ndarray, "
     height = swatch_box(len(labels) - 1)[3] + PADDING
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    for row, (label, colour) in enumerate(zip(labels, swatches)):
+    for row, (label, colour) in enumerate(zip(labels, swatches, strict=True)):
         left, top, right, bottom = swatch_box(row)
         draw.rectangle((left - 1, top - 1, right, bottom), outline=(128, 128, 128))
         draw.rectangle((left, top, right - 1, bottom - 1), fill=tuple(int(c) for c in colour))

@@ -111,7 +111,7 @@ def test_ns_eval_reports_segmentation_metrics(trained_run: Path, tmp_path: Path)
     assert class_ious and all(0.0 <= value <= 1.0 for value in class_ious.values())
     assert not any(key.startswith(("intersection/", "union/")) for key in results)
     # Two views have masks: their predicted label maps and overlays are written.
-    assert len(list(images.glob("eval_labels_*.png"))) == 2
+    assert len(list(images.glob("eval_labels_0*.png"))) == 2
     assert len(list(images.glob("eval_labels_overlay_*.png"))) == 2
 
 
