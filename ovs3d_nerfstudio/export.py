@@ -207,15 +207,17 @@ class ExportLabelledPointCloud:
             poses[:, :, 3] = positions
             positions = dataparser_outputs.transform_poses_to_original_space(poses)[:, :, 3]
 
-        records = point_records(positions, points["label_ids"], points["rgb"], model.label_colours.cpu())
+        # class_probabilities score the display labels (the trained ones unless edited in a viewer).
+        labels, colours = model.display_labels, model.display_colours.cpu()
+        records = point_records(positions, points["label_ids"], points["rgb"], colours)
         ply = write_ply(
             self.output_dir / "point_cloud.ply",
             records,
             comments=["ovs3d labelled point cloud: label i is line i of labels.txt, red/green/blue its palette colour"],
         )
         labels_path = self.output_dir / "labels.txt"
-        labels_path.write_text("".join(f"{label}\n" for label in model.labels), encoding="utf-8")
-        legend = write_legend(model.labels, model.label_colours, self.output_dir / "legend.png")
+        labels_path.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+        legend = write_legend(labels, colours, self.output_dir / "legend.png")
         CONSOLE.print(f"[bold green]:white_check_mark: {len(records)} labelled points written to {ply}")
         CONSOLE.print(f"Label names: {labels_path}; legend: {legend}")
 

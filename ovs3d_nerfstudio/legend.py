@@ -41,7 +41,7 @@ def swatch_box(row: int) -> Tuple[int, int, int, int]:
 
 
 def colours_to_uint8(colours: Colours) -> UInt8[np.ndarray, "C 3"]:
-    """Palette colours in [0, 1] (``model.label_colours``) as 0-255 bytes, rounded like image writers do."""
+    """Palette colours in [0, 1] (``model.display_colours``) as 0-255 bytes, rounded like image writers do."""
     values = colours.detach().cpu().numpy() if isinstance(colours, Tensor) else np.asarray(colours)
     return np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
 
@@ -91,8 +91,9 @@ class WriteLegend:
 
     def main(self) -> None:
         model = load_ovs3d_run(self.load_config).model
-        path = write_legend(model.labels, model.label_colours, self.output)
-        CONSOLE.print(f"[bold green]:white_check_mark: Legend of {len(model.labels)} labels written to {path}")
+        # Rendering (ns-render, ns-eval) colours the display labels, which are the trained ones here.
+        path = write_legend(model.display_labels, model.display_colours, self.output)
+        CONSOLE.print(f"[bold green]:white_check_mark: Legend of {len(model.display_labels)} labels written to {path}")
 
 
 def entrypoint() -> None:
