@@ -1,0 +1,40 @@
+"""One synthetic scene, every row of the benchmark: 2D teacher baseline, full method, Table 2 ablations.
+
+Writes the scene (exact masks), trains the reconstruction stage once, trains each method's
+segmentation stage from it, evaluates every row with the code ``ns-eval`` runs, prints the
+mIoU / accuracy table and writes everything (per-class IoU, confusions, loss curves, timings,
+machine, load average, the equivalent ``ns-train`` commands) to JSON.
+
+    python benchmarks/run_synthetic.py --scene fruit_lawn --profile cpu --out benchmarks/results/fruit_lawn_cpu.json
+    python benchmarks/run_synthetic.py --scene desk --profile gpu --out benchmarks/results/desk_gpu.json
+    python benchmarks/run_synthetic.py --scene shelf --profile cpu --methods baseline_2d full no_rda
+
+Profiles, methods and the runner live in ``ovs3d_nerfstudio/synthetic/benchmark.py``;
+docs/benchmarks.md explains the settings and holds the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ovs3d_nerfstudio.synthetic.benchmark import PROFILES, ROWS, run_benchmark
+from ovs3d_nerfstudio.synthetic.scenes import scene_layouts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scene", required=True, choices=sorted(scene_layouts()), help="benchmark layout")
+    parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES), help="settings (see docs/benchmarks.md)")
+    parser.add_argument("--methods", nargs="+", default=list(ROWS), choices=ROWS, help="rows to run (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="scene seed (object jitter and textures)")
+    parser.add_argument("--workdir", type=Path, default=None, help="scene, feature cache and runs (default: outputs/benchmark/<scene>_<profile>)")
+    parser.add_argument("--out", type=Path, default=None, help="results JSON")
+    args = parser.parse_args()
+
+    workdir = args.workdir or Path("outputs") / "benchmark" / f"{args.scene}_{args.profile}"
+    run_benchmark(args.scene, PROFILES[args.profile], args.methods, workdir, seed=args.seed, out=args.out)
+
+
+if __name__ == "__main__":
+    main()

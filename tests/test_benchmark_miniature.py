@@ -1,0 +1,142 @@
+"""The synthetic benchmark runner in miniature: a tiny scene, a few steps, three rows.
+
+Checks the plumbing only (scene -> baseline -> shared reconstruction -> resumed segmentation
+-> ns-eval metrics -> table and JSON), never which row scores higher: a few steps on a 32x24
+ray grid say nothing about quality.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ovs3d_nerfstudio.synthetic.benchmark import (
+    BASELINE,
+    METHODS,
+    PROFILES,
+    SYNTHETIC_CLIP,
+    SYNTHETIC_DINO,
+    Profile,
+    cli_flags,
+    format_table,
+    run_benchmark,
+)
+
+RECONSTRUCTION, FROZEN, JOINT = 4, 2, 2
+
+TINY = Profile(
+    name="tiny",
+    description="test only",
+    width=64,
+    height=48,
+    num_views=8,
+    overrides={
+        "pipeline.datamanager.clip.source": SYNTHETIC_CLIP,
+        "pipeline.datamanager.dino.source": SYNTHETIC_DINO,
+        "machine.device_type": "cpu",
+        "mixed_precision": False,
+        "pipeline.model.implementation": "torch",
+        "pipeline.model.schedule.reconstruction_steps": RECONSTRUCTION,
+        "pipeline.model.schedule.frozen_steps": FROZEN,
+        "pipeline.model.schedule.joint_steps": JOINT,
+        "pipeline.model.num_levels": 4,
+        "pipeline.model.max_res": 64,
+        "pipeline.model.log2_hashmap_size": 12,
+        "pipeline.model.selection_num_levels": 2,
+        "pipeline.model.selection_max_res": 32,
+        "pipeline.model.selection_log2_hashmap_size": 10,
+        "pipeline.model.hidden_dim": 16,
+        "pipeline.model.hidden_dim_color": 16,
+        "pipeline.model.appearance_dim": 8,
+        "pipeline.model.appearance_embedding_dim": 4,
+        "pipeline.model.num_proposal_samples_per_ray": (16, 8),
+        "pipeline.model.num_nerf_samples_per_ray": 8,
+        "pipeline.model.eval_num_rays_per_chunk": 1024,
+        "pipeline.datamanager.train_num_rays_per_batch": 64,
+        "pipeline.datamanager.ray_downscale": 2,
+        "pipeline.datamanager.num_patches": 2,
+        "pipeline.datamanager.patch_tokens": 2,
+        "pipeline.datamanager.patch_downscale": 1,
+        "pipeline.datamanager.patch_rays_per_token": 1,
+    },
+)
+
+ROWS = (BASELINE, "full", "single_scale")
+"""The baseline, the full method, and the ablation whose selection head differs in shape from
+the shared reconstruction checkpoint's (the one resume path that must tolerate a mismatch)."""
+
+
+@pytest.fixture(scope="module")
+def miniature(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("benchmark")
+    out = workdir / "results.json"
+    printed = []
+    result = run_benchmark("fruit_lawn", TINY, ROWS, workdir, seed=0, out=out, echo=printed.append)
+    return result, out, printed
+
+
+def test_table_has_every_requested_row_with_finite_scores(miniature):
+    result, _, printed = miniature
+    assert list(result["rows"]) == list(ROWS)
+    for name, row in result["rows"].items():
+        for column in ("miou", "accuracy"):
+            assert math.isfinite(row[column]) and 0.0 <= row[column] <= 1.0, (name, column, row[column])
+        assert row["num_views"] == 5
+        assert set(row["per_class_iou"]) == set(result["labels"])
+    for name in ROWS[1:]:
+        assert math.isfinite(result["rows"][name]["psnr"])
+    table = printed[-1]
+    assert table.splitlines()[0].split() == ["method", "mIoU", "accuracy", "PSNR"]
+    assert [line.split()[0] for line in table.splitlines()[2:]] == list(ROWS)
+
+
+def test_json_holds_the_same_results_and_the_commands(miniature):
+    result, out, _ = miniature
+    written = json.loads(out.read_text())
+    assert written["rows"].keys() == result["rows"].keys()
+    assert written["rows"]["full"]["miou"] == result["rows"]["full"]["miou"]
+    assert written["commands"]["single_scale"].startswith("ns-train ovs3d ")
+    assert "--pipeline.datamanager.pyramid.patch-fractions 0.142857" in written["commands"]["single_scale"]
+    assert written["profile"]["name"] == "tiny"
+    assert written["load_average_start"] and written["timings"]["total_seconds"] > 0
+
+
+def test_trained_rows_resume_from_the_shared_reconstruction(miniature):
+    result, _, _ = miniature
+    assert result["reconstruction"]["loss_curve"][0]["phase"] == "reconstruction"
+    for name in ROWS[1:]:
+        curve = result["rows"][name]["loss_curve"]
+        assert curve[0]["step"] == RECONSTRUCTION and curve[0]["phase"] == "segmentation-frozen"
+        assert curve[-1]["phase"] == "segmentation-joint"
+        assert "clip" in curve[0] and "rgb" not in curve[0]
+        assert Path(result["rows"][name]["config"]).is_file()  # loadable by ns-eval
+
+
+def test_method_flags_are_the_ablation_flags_of_the_cli():
+    assert cli_flags(METHODS["no_rda"]) == ["--pipeline.model.use-rda", "False"]
+    assert cli_flags(METHODS["no_fda"]) == ["--pipeline.model.use-fda", "False"]
+    assert cli_flags(METHODS["no_rebalance"]) == ["--pipeline.model.fda-rebalance", "False"]
+    assert cli_flags(METHODS["single_scale"]) == ["--pipeline.datamanager.pyramid.patch-fractions", "0.142857"]
+    assert cli_flags(METHODS["views_10pct"]) == ["--pipeline.datamanager.clip-view-fraction", "0.1"]
+    assert cli_flags(METHODS["full"]) == []
+
+
+def test_profile_flags_parse_with_ns_train(tmp_path):
+    """Every profile's flags are valid ``ns-train ovs3d`` flags and give the profile's values."""
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    for profile in PROFILES.values():
+        args = ["ovs3d", *cli_flags({**profile.overrides, **METHODS["single_scale"]}), "ovs3d-data", "--data", str(tmp_path)]
+        config = tyro.cli(AnnotatedBaseConfigUnion, args=args)
+        assert config.pipeline.model.schedule.reconstruction_steps == profile.steps()[0]
+        assert config.pipeline.datamanager.pyramid.patch_fractions == (0.142857,)
+        assert config.pipeline.datamanager.clip.source == SYNTHETIC_CLIP
+
+
+def test_format_table_marks_missing_psnr():
+    table = format_table({BASELINE: {"miou": 0.5, "accuracy": 0.75, "psnr": None}})
+    assert table.splitlines()[2].split() == [BASELINE, "0.5000", "0.7500", "-"]
