@@ -121,11 +121,12 @@ class Ovs3dField(Field):
         density = self.average_init_density * trunc_exp(raw.to(positions)) * inside
         return density, None
 
-    def get_outputs(self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None) -> Dict:
+    def get_outputs(
+        self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None, compute_selection: bool = True
+    ) -> Dict:
         positions = self._positions.view(-1, 3)
         shape = ray_samples.frustums.directions.shape[:-1]
         appearance = self.appearance_volume(positions).view(*shape, -1).float()
-        selection = self.selection_volume(positions).view(*shape, -1).float()
 
         directions = get_normalized_directions(ray_samples.frustums.directions).view(-1, 3)
         if self.training:
@@ -138,10 +139,14 @@ class Ovs3dField(Field):
             dim=-1,
         )
         rgb = self.rgb_head(rgb_input).view(*shape, 3).float()
-        return {FieldHeadNames.RGB: rgb, APPEARANCE: appearance, SELECTION: selection}
+        outputs = {FieldHeadNames.RGB: rgb, APPEARANCE: appearance}
+        if compute_selection:
+            outputs[SELECTION] = self.selection_volume(positions).view(*shape, -1).float()
+        return outputs
 
-    def forward(self, ray_samples: RaySamples, compute_normals: bool = False) -> Dict:
+    def forward(self, ray_samples: RaySamples, compute_normals: bool = False, compute_selection: bool = True) -> Dict:
+        """``compute_selection=False`` skips the selection volume (reconstruction needs no scales)."""
         density, _ = self.get_density(ray_samples)
-        outputs = self.get_outputs(ray_samples)
+        outputs = self.get_outputs(ray_samples, compute_selection=compute_selection)
         outputs[FieldHeadNames.DENSITY] = density
         return outputs

@@ -128,9 +128,11 @@ class Ovs3dModelConfig(ModelConfig):
 class Ovs3dModel(Model):
     """Renders RGB, CLIP features and scale selection; scores them against the text labels.
 
-    The dataset metadata must provide ``labels`` (list of str), ``text_features``
-    ([C, D] CLIP text embeddings) and ``num_scales`` (N_s), set by the datamanager, and
-    ``clip_teacher`` for scoring new text (viewer label edits and free queries).
+    The dataset metadata provides ``labels`` (list of str), ``num_scales`` (N_s) and
+    ``clip_teacher_factory`` (builds the CLIP teacher on demand, to score new text: viewer
+    label edits and free queries), and for training ``text_features`` ([C, D] CLIP text
+    embeddings). A reloaded run takes its text features from the checkpoint instead
+    (see :meth:`match_checkpoint`).
 
     Training always scores the trained labels; rendering for display (viewer, ns-render,
     ns-eval) scores the *display* labels, which equal the trained ones until edited.
@@ -141,11 +143,13 @@ class Ovs3dModel(Model):
     def populate_modules(self):
         super().populate_modules()
         self.labels: List[str] = list(self.kwargs["metadata"]["labels"])
-        text = self.kwargs["metadata"]["text_features"].float()
+        metadata = self.kwargs["metadata"]
+        # Without text features (a run being reloaded) D is unknown until the checkpoint is read.
+        text = metadata.get("text_features", torch.zeros(len(self.labels), 1)).float()
         self.register_buffer("text_features", F.normalize(text, dim=-1))
         self.num_scales = int(self.kwargs["metadata"]["num_scales"])
         self.register_buffer("label_colours", palette(len(self.labels)))
-        self._clip_teacher = self.kwargs["metadata"].get("clip_teacher")
+        self._clip_teacher_factory = metadata.get("clip_teacher_factory")
         self.display_labels: List[str] = list(self.labels)
         self._display_text: Optional[Tensor] = None
         self._query: Optional[Tensor] = None
@@ -208,11 +212,18 @@ class Ovs3dModel(Model):
         self.segmentation = SegmentationPanel(self)
 
     # ------------------------------------------------------------ display labels
+    def match_checkpoint(self, state: Dict[str, Tensor]) -> None:
+        """Sizes the text buffer and CLIP head like a checkpoint's before it is loaded."""
+        dim = state["_model.text_features"].shape[-1]
+        if self.text_features.shape[-1] != dim:
+            self.text_features = torch.zeros(len(self.labels), dim, device=self.device)
+            self.clip_head = nn.Linear(self.config.appearance_dim, dim).to(self.device)
+
     def encode_text(self, texts: List[str]) -> Tensor:
-        if self._clip_teacher is None:
+        if self._clip_teacher_factory is None:
             raise RuntimeError("no CLIP teacher was passed to the model: it cannot encode new text")
         with torch.no_grad():
-            return F.normalize(self._clip_teacher.encode_text(texts).float(), dim=-1).to(self.device)
+            return F.normalize(self._clip_teacher_factory().encode_text(texts).float(), dim=-1).to(self.device)
 
     def set_display_labels(self, labels: List[str]) -> None:
         """Re-scores rendered features against new labels (no retraining; the losses keep the old ones)."""
@@ -280,8 +291,10 @@ class Ovs3dModel(Model):
 
     # ----------------------------------------------------------------- rendering
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor | List]:
+        # Reconstruction steps train RGB only: no selection volume, no CLIP features.
+        segmenting = not (self.training and self.phase is Phase.RECONSTRUCTION)
         ray_samples, weights_list, ray_samples_list = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
-        field_outputs = self.field(ray_samples)
+        field_outputs = self.field(ray_samples, compute_selection=segmenting)
         weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
         weights_list.append(weights)
         ray_samples_list.append(ray_samples)
@@ -290,7 +303,19 @@ class Ovs3dModel(Model):
         accumulation = self.renderer_accumulation(weights=weights)
         with torch.no_grad():
             depth = self.renderer_depth(weights=weights, ray_samples=ray_samples)
+        outputs: Dict[str, Tensor | List] = {}
+        if segmenting:
+            outputs.update(self.segmentation_outputs(field_outputs, weights, accumulation))
+        outputs.update(rgb=rgb, accumulation=accumulation, depth=depth)
+        if self.training:
+            outputs.update(weights_list=weights_list, ray_samples_list=ray_samples_list)
+        return outputs
 
+    def segmentation_outputs(self, field_outputs: Dict, weights: Tensor, accumulation: Tensor) -> Dict[str, Tensor]:
+        """Rendered CLIP feature (Eq. 1), selection (Eq. 2), logits (Eq. 4) and the label map.
+
+        ``labels`` comes first: the viewer shows the first output by default.
+        """
         rendered_appearance = torch.sum(weights * field_outputs[APPEARANCE], dim=-2)
         clip = F.linear(rendered_appearance, self.clip_head.weight) + accumulation * self.clip_head.bias
         selection = self.render_selection(torch.sum(weights * field_outputs[SELECTION], dim=-2))
@@ -298,21 +323,15 @@ class Ovs3dModel(Model):
             self.display_text_features, self.display_colours
         )
         logits = losses.segmentation_logits(clip, text)
-        probabilities = torch.softmax(logits, dim=-1)
-
-        # "labels" first: the viewer shows the first output by default.
-        outputs: Dict[str, Tensor | List] = {
+        outputs = {
             "labels": colourize(logits.argmax(dim=-1), colours),
-            "rgb": rgb,
-            "accumulation": accumulation,
-            "depth": depth,
-            "class_probabilities": probabilities,
+            "class_probabilities": torch.softmax(logits, dim=-1),
             "selection": selection,
         }
-        if self._query is not None and not self.training:
-            outputs["query_relevancy"] = query_relevancy(clip, self._query[0], self._query[1:])
         if self.training:
-            outputs.update(clip=clip, logits=logits, weights_list=weights_list, ray_samples_list=ray_samples_list)
+            outputs.update(clip=clip, logits=logits)
+        elif self._query is not None:
+            outputs["query_relevancy"] = query_relevancy(clip, self._query[0], self._query[1:])
         return outputs
 
     @torch.no_grad()

@@ -46,6 +46,11 @@ class Ovs3dPipeline(VanillaPipeline):
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.datamanager.segmentation_start = config.model.schedule.reconstruction_steps
 
+    def load_pipeline(self, loaded_state, step: int) -> None:
+        state = {key.removeprefix("module."): value for key, value in loaded_state.items()}
+        self.model.match_checkpoint(state)
+        super().load_pipeline(state, step)
+
     def get_average_image_metrics(
         self, data_loader, image_prefix: str, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
     ):

@@ -133,11 +133,12 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         self.segmentation_start = 0
         super().__init__(config, device, test_mode, world_size, local_rank, **kwargs)
         # The model reads these when it is built (VanillaPipeline passes the dataset metadata).
-        self.train_dataset.metadata.update(
-            text_features=self.text_features.cpu(),
-            num_scales=len(self.config.pyramid.patch_fractions),
-            clip_teacher=self.clip_teacher,
-        )
+        # A reloaded run (ns-eval/-render/-viewer) takes its text features from the checkpoint,
+        # so the CLIP teacher is only built there if new text must be scored (viewer edits).
+        metadata = self.train_dataset.metadata
+        metadata.update(num_scales=len(self.config.pyramid.patch_fractions), clip_teacher_factory=lambda: self.clip_teacher)
+        if test_mode == "val":
+            metadata["text_features"] = self.text_features.cpu()
 
     @property
     def clip_teacher(self) -> ClipTeacher:
