@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import random
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,10 +159,10 @@ PROFILES: Dict[str, Profile] = {
     "gpu": Profile(
         name="gpu",
         description=(
-            "The paper's settings on one GPU: 1008x756 images, 504x378 rays (ray_downscale 2, the "
-            "paper's ray resolution for its 4032x3024 photos at 1/8), 4096 rays, 8 FDA patches of "
-            "32x32 tokens (256 px, every pixel rendered), 30k + 5k + 10k steps, the default "
-            "(full-size) field with tiny-cuda-nn when installed."
+            "The paper's settings on one GPU: 1008x756 images, 504x378 rays (ray_downscale 2: the "
+            "paper's ray resolution, 4032x3024 photos at 1/8), 4096 rays, 8 FDA patches of 32x32 tokens "
+            "(256 px) with one rendered ray per token as in the official code, 30k + 5k + 10k steps, the "
+            "paper's learning rates, the default (full-size) field with tiny-cuda-nn when installed."
         ),
         width=1008,
         height=756,
@@ -171,6 +172,8 @@ PROFILES: Dict[str, Profile] = {
             "pipeline.datamanager.ray_downscale": 2,
             # 1008x756 is already close to the paper's 806x604 patch images (4032x3024 / 5).
             "pipeline.datamanager.patch_downscale": 1,
+            # The official code average-pools each 8x8 block of patch *rays* into one ray per token.
+            "pipeline.datamanager.patch_rays_per_token": 1,
         },
     ),
 }
@@ -553,6 +556,19 @@ def machine_description(device: str) -> Dict[str, Any]:
     }
 
 
+def code_version() -> Dict[str, Any]:
+    """Commit and locally modified files of the checkout the package runs from (None outside git):
+    results are only comparable between runs of the same code."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--short"], cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "modified": None}
+    modified = [line[3:] for line in status.stdout.splitlines() if line[:2].strip() and not line.startswith("??")]
+    return {"commit": commit.stdout.strip(), "modified": modified}
+
+
 def load_average() -> List[float]:
     """1, 5 and 15 minute load averages (other users of the CPU make timings noisy)."""
     return [round(value, 2) for value in os.getloadavg()]
@@ -614,6 +630,7 @@ def run_benchmark(
         "seed": seed,
         "profile": as_json(profile),
         "machine": machine_description(profile.overrides.get("machine.device_type", "cuda")),
+        "code": code_version(),
         "load_average_start": load_average(),
         "rows": {},
         "commands": {},
