@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains the synthetic `fruit_lawn` scene on CPU with the synthetic CLIP/DINO teachers.
-# Used to produce the run shown in docs/viewer.md (about 20 minutes on 2 shared CPU cores).
+# Used to produce the run shown in docs/viewer.md (14-20 minutes on 2 shared CPU cores).
 # Short schedule (800 + 200 + 400 steps instead of 30k + 5k + 10k), so the MLP learning rates
 # are scaled up by the same factor as the segmentation phases are shortened (25x).
 #   bash docs/scripts/train_synthetic.sh [WORKDIR]   (default /tmp/ovs3d_docs)
