@@ -38,6 +38,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
 from ovs3d_nerfstudio.data.patches import concat_ray_bundles, patch_ray_indices, sample_patch_origins
+from ovs3d_nerfstudio.errors import UserFacingError
 from ovs3d_nerfstudio.evaluation import IGNORE
 from ovs3d_nerfstudio.features.cache import FeatureCache
 from ovs3d_nerfstudio.features.clip_pyramid import ClipFeatureStore, PixelClipPyramid, PyramidConfig, extract_pyramid
@@ -123,7 +124,7 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         **kwargs,
     ):
         if not isinstance(config.dataparser, Ovs3dDataParserConfig):
-            raise ValueError(
+            raise UserFacingError(
                 f"ovs3d reads labels and masks through the 'ovs3d-data' dataparser, not "
                 f"{type(config.dataparser).__name__}: end the command with 'ovs3d-data --data <scene>' "
                 "(it also reads nerfstudio-format data with a labels.txt beside transforms.json)."

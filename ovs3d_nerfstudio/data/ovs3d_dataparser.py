@@ -278,8 +278,8 @@ class Ovs3dDataParser(DataParser):
                 return validate_labels(read_labels(path), str(path))
         raise Ovs3dDataError(
             "The scene has no labels. Give them in one of three ways: write "
-            f"{' or '.join(str(p) for p in layout_files)} with one label per line; pass --labels-file FILE; "
-            "or pass --labels 'red apple' 'wood wall' ..."
+            f"{' or '.join(str(p) for p in layout_files)} with one label per line; add --labels-file FILE after "
+            "'ovs3d-data'; or pass --pipeline.model.labels 'red apple' 'wood wall' ... (before 'ovs3d-data')."
         )
 
     def _split_indices(self, split: str, num_views: int, mask_views: List[int]) -> List[int]:
