@@ -27,11 +27,11 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from ovs3d_nerfstudio import losses
 from ovs3d_nerfstudio.data.patches import pool_patch_rays
 from ovs3d_nerfstudio.evaluation import class_count_metrics, segmentation_metrics
-from ovs3d_nerfstudio.field import APPEARANCE, SELECTION, Ovs3dField
+from ovs3d_nerfstudio.field import APPEARANCE, SELECTION, ClipHead, Ovs3dField
 from ovs3d_nerfstudio.data.labels import validate_labels
 from ovs3d_nerfstudio.palette import colourize, palette
 from ovs3d_nerfstudio.queries import CANONICAL_NEGATIVES, overlay, query_relevancy
-from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig
+from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig, reconcile_iterations
 from ovs3d_nerfstudio.viewer import SegmentationPanel
 
 
@@ -88,6 +88,10 @@ class Ovs3dModelConfig(ModelConfig):
     """Dimension of the shared appearance features (input of the RGB and CLIP heads)."""
     hidden_dim_color: int = 64
     """Width of the RGB head."""
+    clip_head_layers: int = 3
+    """Linear layers of the CLIP head, no activations (official: 3; 1 = a single linear map)."""
+    clip_head_width: int = 128
+    """Width of the CLIP head's hidden layers (official: 128)."""
     appearance_embedding_dim: int = 32
     """Per-image appearance embedding of the RGB head."""
     selection_num_levels: int = 8
@@ -174,8 +178,8 @@ class Ovs3dModel(Model):
             selection_log2_hashmap_size=self.config.selection_log2_hashmap_size,
             implementation=self.config.implementation,
         )
-        # Linear, so it is applied after rendering (exact; see field.py).
-        self.clip_head = nn.Linear(self.config.appearance_dim, self.text_features.shape[-1])
+        # Affine, so it is applied after rendering (exact; see field.py).
+        self.clip_head = self._clip_head(self.text_features.shape[-1])
 
         self.proposal_networks = nn.ModuleList(
             HashMLPDensityField(
@@ -217,7 +221,10 @@ class Ovs3dModel(Model):
         dim = state["_model.text_features"].shape[-1]
         if self.text_features.shape[-1] != dim:
             self.text_features = torch.zeros(len(self.labels), dim, device=self.device)
-            self.clip_head = nn.Linear(self.config.appearance_dim, dim).to(self.device)
+            self.clip_head = self._clip_head(dim).to(self.device)
+
+    def _clip_head(self, dim: int) -> ClipHead:
+        return ClipHead(self.config.appearance_dim, dim, self.config.clip_head_layers, self.config.clip_head_width)
 
     def encode_text(self, texts: List[str]) -> Tensor:
         if self._clip_teacher_factory is None:
@@ -274,6 +281,13 @@ class Ovs3dModel(Model):
                     param_group["lr"] = self.config.schedule.learning_rate(group, step)
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        trainer = training_callback_attributes.trainer
+        if trainer is not None:
+            trainer.config.max_num_iterations, message = reconcile_iterations(
+                self.config.schedule, trainer._start_step, trainer.config.max_num_iterations
+            )
+            if message:
+                CONSOLE.print(f"ovs3d: {message}")
         anneal_iters = self.config.proposal_weights_anneal_max_num_iters
         slope = self.config.proposal_weights_anneal_slope
 
@@ -317,7 +331,7 @@ class Ovs3dModel(Model):
         ``labels`` comes first: the viewer shows the first output by default.
         """
         rendered_appearance = torch.sum(weights * field_outputs[APPEARANCE], dim=-2)
-        clip = F.linear(rendered_appearance, self.clip_head.weight) + accumulation * self.clip_head.bias
+        clip = self.clip_head.render(rendered_appearance, accumulation)
         selection = self.render_selection(torch.sum(weights * field_outputs[SELECTION], dim=-2))
         text, colours = (self.text_features, self.label_colours) if self.training else (
             self.display_text_features, self.display_colours

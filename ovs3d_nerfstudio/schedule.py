@@ -86,3 +86,32 @@ class ScheduleConfig:
             base = self.joint_lr_volume if is_volume else self.joint_lr_mlp
         progress = (step - self.reconstruction_steps) / max(self.frozen_steps + self.joint_steps, 1)
         return base * self.segmentation_decay ** min(progress, 1.0)
+
+
+DEFAULT_MAX_NUM_ITERATIONS = ScheduleConfig().total_steps
+"""``--max-num-iterations`` of the registered method: the default schedule's length."""
+
+
+def reconcile_iterations(schedule: ScheduleConfig, start_step: int, max_num_iterations: int) -> Tuple[int, str]:
+    """The number of steps ``ns-train`` should run, and a message when it differs or falls short.
+
+    nerfstudio runs ``max_num_iterations`` steps from ``start_step`` (a resumed run continues
+    from its checkpoint). Left at the method's default, it follows the schedule, so changing a
+    phase length is enough; set explicitly, it is kept, with a warning when training would
+    stop before the schedule ends.
+    """
+    steps_left = max(schedule.total_steps - start_step, 0)
+    if max_num_iterations == DEFAULT_MAX_NUM_ITERATIONS and steps_left != max_num_iterations:
+        return steps_left, (
+            f"training to the end of the schedule: {steps_left} steps from step {start_step} "
+            f"(reconstruction {schedule.reconstruction_steps} + frozen {schedule.frozen_steps} "
+            f"+ joint {schedule.joint_steps})"
+        )
+    end = start_step + max_num_iterations
+    if end < schedule.total_steps:
+        return max_num_iterations, (
+            f"[yellow]--max-num-iterations {max_num_iterations} stops training at step {end}, in phase "
+            f"'{schedule.phase(end - 1).value}', before the schedule's end at step {schedule.total_steps}. "
+            f"Pass --max-num-iterations {steps_left} to run the whole schedule."
+        )
+    return max_num_iterations, ""

@@ -146,6 +146,21 @@ def test_nerfstudio_format(scene: Path):
     assert parse(scene / "transforms.json").metadata["labels"] == reordered
 
 
+def test_nerfstudio_format_reads_full_resolution_images(scene: Path, monkeypatch):
+    """ns-process-data also writes images_2/...; nerfstudio would pick them for large photos,
+    which would shrink the rays (ray-downscale is relative to the images) and mismatch the masks."""
+    from nerfstudio.data.dataparsers import nerfstudio_dataparser
+
+    _write_transforms(scene)
+    (scene / "images_2").mkdir()
+    for image in (scene / "images").iterdir():
+        shutil.copy(image, scene / "images_2" / image.name)
+    monkeypatch.setattr(nerfstudio_dataparser, "MAX_AUTO_RESOLUTION", 8)  # our photos count as large
+    train = parse(scene)
+    assert {p.parent.name for p in train.image_filenames} == {"images"}
+    assert int(train.cameras.width[0]) == SPEC.width
+
+
 def test_nerfstudio_format_with_fixed_split_is_refused(scene: Path):
     _write_transforms(scene)
     meta = json.loads((scene / "transforms.json").read_text())

@@ -113,11 +113,15 @@ def test_ns_render_spiral_writes_a_label_video(run_config: Path, scene: Path, la
     assert np.mean(distance < 40) > 0.9
 
 
-def test_ns_render_dataset_writes_palette_label_images(run_config: Path, scene: Path, labels, run_entrypoint, tmp_path):
+@pytest.mark.parametrize("downscale", [1, 2])
+def test_ns_render_dataset_writes_palette_label_images(
+    run_config: Path, scene: Path, labels, run_entrypoint, tmp_path, downscale: int
+):
+    scale_args = ["--downscale-factor", str(downscale)] if downscale != 1 else []
     run_entrypoint(
         "ns-render", render.entrypoint,
         "dataset", "--load-config", run_config, "--split", "test", "--rendered-output-names", "labels",
-        "--output-path", tmp_path, "--image-format", "png",
+        "--output-path", tmp_path, "--image-format", "png", *scale_args,
     )  # fmt: skip
     test_images = Ovs3dDataParserConfig(data=scene).setup().get_dataparser_outputs("test").image_filenames
     written = sorted((tmp_path / "test" / "labels").glob("*.png"))
@@ -125,7 +129,8 @@ def test_ns_render_dataset_writes_palette_label_images(run_config: Path, scene: 
     colours = {tuple(colour) for colour in palette_bytes(len(labels)).tolist()}
     for path, source in zip(written, sorted(test_images), strict=True):
         pixels = np.asarray(Image.open(path).convert("RGB"))
-        assert pixels.shape[1::-1] == Image.open(source).size
+        width, height = Image.open(source).size
+        assert pixels.shape[:2] == (height // downscale, width // downscale)
         assert {tuple(pixel) for pixel in pixels.reshape(-1, 3).tolist()} <= colours
 
 

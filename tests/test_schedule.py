@@ -2,7 +2,7 @@
 
 import pytest
 
-from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig
+from ovs3d_nerfstudio.schedule import DEFAULT_MAX_NUM_ITERATIONS, TRAINABLE, Phase, ScheduleConfig, reconcile_iterations
 
 
 def test_paper_defaults():
@@ -38,3 +38,22 @@ def test_segmentation_decays_to_a_tenth():
     # Joint phase starts from its own base rate, already decayed by half the stage.
     assert schedule.learning_rate("selection", 50) == pytest.approx(5e-3 * 0.1**0.5)
     assert schedule.learning_rate("clip_head", 100) == pytest.approx(5e-5 * 0.1)
+
+
+def test_default_max_iterations_follow_a_shorter_schedule():
+    schedule = ScheduleConfig(reconstruction_steps=100, frozen_steps=20, joint_steps=40)
+    steps, message = reconcile_iterations(schedule, start_step=0, max_num_iterations=DEFAULT_MAX_NUM_ITERATIONS)
+    assert steps == 160
+    assert "160 steps" in message
+    # Resumed at step 150: only the 10 steps left are run.
+    assert reconcile_iterations(schedule, 150, DEFAULT_MAX_NUM_ITERATIONS)[0] == 10
+
+
+def test_explicit_max_iterations_are_kept_and_a_short_run_is_flagged():
+    schedule = ScheduleConfig(reconstruction_steps=100, frozen_steps=20, joint_steps=40)
+    steps, message = reconcile_iterations(schedule, start_step=0, max_num_iterations=110)
+    assert steps == 110
+    assert "segmentation-frozen" in message and "--max-num-iterations 160" in message
+    assert reconcile_iterations(schedule, 0, 160) == (160, "")
+    assert reconcile_iterations(schedule, 0, 500) == (500, "")
+    assert reconcile_iterations(ScheduleConfig(), 0, DEFAULT_MAX_NUM_ITERATIONS) == (DEFAULT_MAX_NUM_ITERATIONS, "")

@@ -141,6 +141,22 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         if test_mode == "val":
             metadata["text_features"] = self.text_features.cpu()
 
+    def _dataset_scale(self) -> float:
+        """Resolution of the served views: nerfstudio's camera scale and the dataparser's downscale."""
+        factor = float(self.config.dataparser.downscale_factor)
+        if factor <= 0:
+            raise UserFacingError(f"downscale-factor must be positive (1 = full resolution, 2 = half), got {factor:g}.")
+        return self.config.camera_res_scale_factor / factor
+
+    def create_train_dataset(self) -> Ovs3dDataset:
+        return self.dataset_type(dataparser_outputs=self.train_dataparser_outputs, scale_factor=self._dataset_scale())
+
+    def create_eval_dataset(self) -> Ovs3dDataset:
+        return self.dataset_type(
+            dataparser_outputs=self.dataparser.get_dataparser_outputs(split=self.test_split),
+            scale_factor=self._dataset_scale(),
+        )
+
     @property
     def clip_teacher(self) -> ClipTeacher:
         if self._clip_teacher is None:

@@ -74,6 +74,10 @@ class Ovs3dDataParserConfig(DataParserConfig):
     all: every view is in both splits."""
     eval_interval: int = 8
     """Eval takes views 0, k, 2k, ... with this k (eval modes 'interval', and 'masks' without masks)."""
+    downscale_factor: float = 1.0
+    """Views are served to ns-eval, ns-render and the viewer at 1/this resolution (set by
+    `ns-render dataset --downscale-factor`). Training rays and patches have their own
+    factors (ray-downscale, patch-downscale) and always read the full-resolution images."""
 
 
 @dataclass
@@ -245,6 +249,9 @@ class Ovs3dDataParser(DataParser):
             auto_scale_poses=self.config.auto_scale_poses,
             eval_mode="fraction",
             train_split_fraction=1.0,
+            # Full-resolution images/ always: ray-downscale and patch-downscale are relative to
+            # them (as for LLFF scenes), and masks are drawn at that resolution.
+            downscale_factor=1,
         ).setup()
         outputs = parser.get_dataparser_outputs("train")
         extra = {key: value for key, value in outputs.metadata.items() if value is not None}
