@@ -78,6 +78,20 @@ def segmentation_logits(
     return F.normalize(rendered, dim=-1, eps=FEATURE_EPS) @ F.normalize(text, dim=-1, eps=FEATURE_EPS).T
 
 
+def dot_product_logits(
+    rendered: Float[Tensor, "*batch D"],
+    text: Float[Tensor, "C D"],
+) -> Float[Tensor, "*batch C"]:
+    """The official code's RDA logits: ``z = F^ . T / |T|``, the rendered feature left unnormalised.
+
+    Not Eq. 4: the feature's norm, which the cosine distillation loss leaves free, multiplies
+    the cosines and acts as a learned per-ray inverse temperature, so softmax(z) can be as
+    sharp as the relevancy target. With Eq. 4's cosines in [-1, 1] softmax(z) stays close to
+    uniform. ``argmax`` (the label) is the same for both.
+    """
+    return rendered @ F.normalize(text, dim=-1, eps=FEATURE_EPS).T
+
+
 def js_divergence(
     p: Float[Tensor, "*batch"],
     q: Float[Tensor, "*batch"],

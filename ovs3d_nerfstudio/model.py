@@ -52,6 +52,9 @@ class Ovs3dModelConfig(ModelConfig):
     """Relevancy-Distribution Alignment loss (Eqs. 5-8); False is the 'w/o RDA' ablation (Table 2)."""
     rda_loss_mult: float = 1.0
     """Weight of the RDA loss (official: relevancy 1.0)."""
+    rda_logits: Literal["cosine", "dot"] = "cosine"
+    """P(r) of RDA from Eq. 4's cosines (paper), or from the unnormalised rendered feature's dot
+    products with the unit text features (official code: the feature norm sharpens P)."""
     use_fda: bool = True
     """Feature-Distribution Alignment loss (Eqs. 9-14); False is the 'w/o FDA' ablation (Table 2)."""
     fda_lambda_pos: float = 200.0
@@ -395,7 +398,12 @@ class Ovs3dModel(Model):
         )
         if self.config.use_rda and "relevancy" in batch:
             relevancy = losses.selected_relevancy(batch["relevancy"], selection)
-            loss_dict["rda"] = self.config.rda_loss_mult * losses.rda_loss(outputs["logits"][:num_rays], relevancy)
+            logits = (
+                outputs["logits"][:num_rays]
+                if self.config.rda_logits == "cosine"
+                else losses.dot_product_logits(outputs["clip"][:num_rays], self.text_features)
+            )
+            loss_dict["rda"] = self.config.rda_loss_mult * losses.rda_loss(logits, relevancy)
         if self.config.use_fda and "dino_tokens" in batch:
             loss_dict["fda_pos"], loss_dict["fda_neg"] = self.fda_terms(outputs["clip"][num_rays:], batch["dino_tokens"])
         return loss_dict

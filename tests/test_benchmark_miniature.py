@@ -64,9 +64,10 @@ TINY = Profile(
     },
 )
 
-ROWS = (BASELINE, "full", "single_scale")
-"""The baseline, the full method, and the ablation whose selection head differs in shape from
-the shared reconstruction checkpoint's (the one resume path that must tolerate a mismatch)."""
+ROWS = (BASELINE, "full", "single_scale", "rda_dot_logits")
+"""The baseline, the full method, the ablation whose selection head differs in shape from
+the shared reconstruction checkpoint's (the one resume path that must tolerate a mismatch),
+and the official-code RDA logits (the one row that changes a loss, not a switch)."""
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +141,11 @@ def test_profile_flags_parse_with_ns_train(tmp_path):
 def test_format_table_marks_missing_psnr():
     table = format_table({BASELINE: {"miou": 0.5, "accuracy": 0.75, "psnr": None}})
     assert table.splitlines()[2].split() == [BASELINE, "0.5000", "0.7500", "-"]
+
+
+def test_rda_logits_option_changes_only_the_rda_term_at_the_first_step(miniature):
+    """Same checkpoint, same first batch: equal CLIP losses, different RDA losses."""
+    result, _, _ = miniature
+    full, dot = (result["rows"][name]["loss_curve"][0] for name in ("full", "rda_dot_logits"))
+    assert full["clip"] == pytest.approx(dot["clip"], rel=1e-6)
+    assert full["rda"] != pytest.approx(dot["rda"], rel=1e-3)

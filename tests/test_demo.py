@@ -57,7 +57,7 @@ def test_demo_writes_metrics_video_and_legend(demo_runs):
     first, _, _, _ = demo_runs
     results = json.loads(first["metrics"].read_text())
     assert 0.0 <= results["results"]["miou"] <= 1.0 and 0.0 <= results["results"]["accuracy"] <= 1.0
-    assert "no local weights" in results["teachers"]  # no real weights here: said plainly
+    assert results["teachers"] == "synthetic" and "no local weights" in results["teachers_note"]  # said plainly
     assert video_frames(first["video"]) == 4
     assert first["legend"].stat().st_size > 0
     assert first["config"].is_file()

@@ -12,6 +12,7 @@ import torch
 from ovs3d_nerfstudio.losses import (
     clip_supervision_loss,
     dino_correlation,
+    dot_product_logits,
     fda_loss,
     fda_loss_dense,
     js_divergence,
@@ -151,6 +152,25 @@ def test_segmentation_logits_matches_literal_and_zero_safe():
     logits = segmentation_logits(zero, torch.randn(4, 6))
     assert (logits == 0).all()
     assert_finite(*grads(logits.sum(), (zero,)))
+
+
+def test_dot_product_logits_scale_with_the_feature_norm_and_keep_the_argmax():
+    torch.manual_seed(5)
+    rendered = torch.randn(3, 6, dtype=f64, requires_grad=True)
+    text = torch.randn(4, 6, dtype=f64, requires_grad=True)
+    ours = dot_product_logits(rendered, text)
+    ref = torch.stack(
+        [torch.stack([(rendered[r] * text[c]).sum() / torch.sqrt((text[c] * text[c]).sum()) for c in range(4)]) for r in range(3)]
+    )
+    torch.testing.assert_close(ours, ref)
+    weight = torch.randn_like(ref)
+    for a, b in zip(grads((ours * weight).sum(), (rendered, text)), grads((ref * weight).sum(), (rendered, text))):
+        torch.testing.assert_close(a, b)
+    norms = rendered.detach().norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(ours.detach(), norms * segmentation_logits(rendered, text).detach())
+    assert torch.equal(ours.argmax(-1), segmentation_logits(rendered, text).argmax(-1))
+    zero = torch.zeros(2, 6, dtype=f64)
+    assert (dot_product_logits(zero, text.detach()) == 0).all()
 
 
 # ---- JS core of Eqs. 8, 11 ----

@@ -185,8 +185,10 @@ METHODS: Dict[str, Mapping[str, Any]] = {
     "no_rebalance": {"pipeline.model.fda_rebalance": False},
     "single_scale": {"pipeline.datamanager.pyramid.patch_fractions": (0.142857,)},
     "views_10pct": {"pipeline.datamanager.clip_view_fraction": 0.1},
+    "rda_dot_logits": {"pipeline.model.rda_logits": "dot"},
 }
-"""Trained rows: the full method and the ablations of Table 2, as overrides on the profile."""
+"""Trained rows: the full method, the ablations of Table 2, and ``rda_dot_logits`` (not a paper
+row: the full method with the official code's RDA logits instead of Eq. 4's cosines)."""
 
 ROWS: Tuple[str, ...] = (BASELINE, *METHODS)
 """Every row of the results table, in print order."""
