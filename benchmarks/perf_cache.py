@@ -17,7 +17,6 @@ embeddings), from which every pixel feature is rebuilt exactly. Two measurements
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -27,7 +26,7 @@ import torch
 from ovs3d_nerfstudio.data.datamanager import load_downscaled_images
 from ovs3d_nerfstudio.features.cache import FeatureCache
 from ovs3d_nerfstudio.features.clip_pyramid import PyramidConfig, extract_pyramid, patch_geometry, window_boxes
-from ovs3d_nerfstudio.synthetic.benchmark import load_average, machine_description
+from ovs3d_nerfstudio.synthetic.benchmark import load_average, machine_description, write_results
 from ovs3d_nerfstudio.synthetic.scenes import NUM_VIEWS, write_benchmark_scene
 from ovs3d_nerfstudio.synthetic.teachers import synthetic_clip
 
@@ -139,8 +138,7 @@ def main() -> None:
             )
     results["load_average_end"] = load_average()
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_results(results, args.out)
         print(f"wrote {args.out}")
 
 

@@ -23,7 +23,6 @@ default to keep the sequential path to minutes. The per-crop ratio is what trans
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -32,7 +31,7 @@ import torch
 
 from ovs3d_nerfstudio.data.procedural import render_scene
 from ovs3d_nerfstudio.features.clip_pyramid import PyramidConfig, extract_pyramid, extract_pyramid_sequential
-from ovs3d_nerfstudio.synthetic.benchmark import load_average, machine_description
+from ovs3d_nerfstudio.synthetic.benchmark import load_average, machine_description, write_results
 from ovs3d_nerfstudio.synthetic.scenes import scene_layouts
 from ovs3d_nerfstudio.synthetic.teachers import synthetic_clip
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig
@@ -119,8 +118,7 @@ def main() -> None:
         )
     results["load_average_end"] = load_average()
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_results(results, args.out)
         print(f"wrote {args.out}")
 
 

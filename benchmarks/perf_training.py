@@ -22,7 +22,6 @@ benchmark runner saves per row by training in-process.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ from ovs3d_nerfstudio.synthetic.benchmark import (
     load_average,
     machine_description,
     train,
+    write_results,
 )
 from ovs3d_nerfstudio.synthetic.scenes import write_benchmark_scene
 
@@ -172,8 +172,7 @@ def main() -> None:
         )
     print(f"setup (data, features, model) {run.setup_seconds:.1f} s; CLI overhead per run {results['cli_overhead_seconds']['median']:.1f} s")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_results(results, args.out)
         print(f"wrote {args.out}")
 
 

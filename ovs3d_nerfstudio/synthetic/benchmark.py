@@ -530,32 +530,41 @@ def baseline_2d(config: TrainerConfig) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- machine
-def machine_description(device: str) -> Dict[str, Any]:
-    """CPU model, core count, memory, torch threads, GPU name: what a timing depends on."""
-    cpu = platform.processor() or platform.machine()
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` reports."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            names = [line.split(":", 1)[1].strip() for line in file if line.startswith("model name")]
     except OSError:
-        pass
-    memory_gib = None
+        names = []
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
+def _memory_gib() -> Optional[float]:
     try:
-        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError):
-        pass
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):  # sysconf names missing on this platform
+        return None
+
+
+def machine_description(device: str) -> Dict[str, Any]:
+    """CPU model, core count, memory, torch threads, GPU name: what a timing depends on."""
     return {
-        "cpu": cpu,
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "memory_gib": round(memory_gib, 1) if memory_gib else None,
+        "memory_gib": _memory_gib(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else None,
         "python": platform.python_version(),
     }
+
+
+def write_results(results: Mapping[str, Any], out: Path) -> None:
+    """Writes a benchmark's results as indented JSON, creating the folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2), encoding="utf-8")
 
 
 def code_version() -> Dict[str, Any]:
@@ -641,8 +650,7 @@ def run_benchmark(
 
     def save() -> None:
         if out is not None:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+            write_results(result, Path(out))
 
     clock = time.perf_counter()
     scene = write_benchmark_scene(scene_name, workdir / "scene", seed, profile.width, profile.height, profile.num_views)
