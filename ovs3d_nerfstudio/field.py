@@ -34,8 +34,14 @@ from nerfstudio.field_components.mlp import MLP, MLPWithHashEncoding
 from nerfstudio.field_components.spatial_distortions import SpatialDistortion
 from nerfstudio.fields.base_field import Field, get_normalized_directions
 
+from ovs3d_nerfstudio.errors import UserFacingError
+
 APPEARANCE = "appearance"
 SELECTION = "selection"
+
+
+class ClipHeadError(UserFacingError, ValueError):
+    """An impossible CLIP head shape."""
 
 
 class ClipHead(nn.Module):
@@ -50,7 +56,9 @@ class ClipHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, num_layers: int = 3, hidden_dim: int = 128) -> None:
         super().__init__()
         if num_layers < 1:
-            raise ValueError(f"the CLIP head needs at least one layer, got num_layers={num_layers}")
+            raise ClipHeadError(
+                f"the CLIP head needs at least one layer, got --pipeline.model.clip-head-layers {num_layers}; use 1 or more."
+            )
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
         self.layers = nn.Sequential(*(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])))
 
