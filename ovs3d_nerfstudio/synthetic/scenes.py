@@ -167,9 +167,45 @@ def shelf(
     )
 
 
+def living_room(
+    seed: int = 0, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1], num_views: int = NUM_VIEWS
+) -> SceneSpec:
+    """Like the dataset's *sofa* and *room*: a sofa with a cushion, a teddy bear and a toy car.
+
+    The sofa is two boxes (seat and backrest) with one label, as a real object is many
+    surfaces. Look-alikes: the speckled brown teddy bear on the striped brown wooden floor
+    (same colour, different texture). Small object: the red toy car on the floor in front.
+    """
+    place = _Placer(seed)
+    seat = place.box(-0.2, -0.85, (1.6, 0.45, 0.7))
+    backrest = ((seat[0][0], _FLOOR, seat[0][2] - 0.3), (seat[1][0], _FLOOR + 0.95, seat[0][2]))
+    cushion_x = 0.5 * (seat[0][0] + seat[1][0]) - 0.1
+    cushion = ((cushion_x - 0.22, seat[1][1], seat[0][2]), (cushion_x + 0.22, seat[1][1] + 0.38, seat[0][2] + 0.14))
+    car = place.box(-0.45, 0.55, (0.24, 0.1, 0.14))
+    return SceneSpec(
+        objects=[
+            Box(label="grey fabric sofa", albedo=(0.5, 0.5, 0.52), texture="noise", texture_frequency=20.0,
+                lower=seat[0], upper=seat[1]),
+            Box(label="grey fabric sofa", albedo=(0.5, 0.5, 0.52), texture="noise", texture_frequency=20.0,
+                lower=backrest[0], upper=backrest[1]),
+            Box(label="blue cushion", albedo=(0.2, 0.35, 0.82), lower=cushion[0], upper=cushion[1]),
+            Sphere(label="brown teddy bear", albedo=(0.52, 0.33, 0.17), texture="noise", texture_frequency=16.0,
+                   center=place.on_floor(0.85, -0.45, 0.26), radius=0.26),
+            Box(label="red toy car", albedo=(0.85, 0.12, 0.1), lower=car[0], upper=car[1]),
+        ],
+        floor=Plane(label="wooden floor", albedo=(0.55, 0.36, 0.2), texture="stripes", texture_frequency=5.0,
+                    axis=1, offset=_FLOOR),
+        wall=Plane(label="white wall", albedo=(0.9, 0.9, 0.88), axis=2, offset=-1.6),
+        rig=_rig(num_views, width),
+        width=width,
+        height=height,
+        seed=seed,
+    )
+
+
 def scene_layouts() -> Dict[str, Callable[..., SceneSpec]]:
     """Benchmark layouts by name; each is called as ``layout(seed, width=..., height=..., num_views=...)``."""
-    return {"fruit_lawn": fruit_lawn, "desk": desk, "shelf": shelf}
+    return {"fruit_lawn": fruit_lawn, "desk": desk, "shelf": shelf, "living_room": living_room}
 
 
 def benchmark_mask_views(num_views: int = NUM_VIEWS, count: int = NUM_MASK_VIEWS) -> Tuple[int, ...]:

@@ -130,6 +130,11 @@ LEXICON: Dict[str, Dict[str, float]] = {
     "cap": {"speckled": 0.2},
     "soap": {"white": 0.3, "smooth": 0.4},
     "plant": {"green": 0.7, "speckled": 0.4},
+    "cushion": {"speckled": 0.3},
+    "teddy": {"brown": 0.6, "speckled": 0.4},
+    "bear": {"brown": 0.5, "speckled": 0.3},
+    "toy": {"smooth": 0.3},
+    "car": {"grey": 0.2, "smooth": 0.3},
     "leaf": {"green": 0.8},
 }
 """The teacher's world knowledge: concept weights of each known word (lower-case)."""
@@ -137,7 +142,7 @@ LEXICON: Dict[str, Dict[str, float]] = {
 STOP_WORDS = frozenset({"a", "an", "the", "of", "and", "with", "on", "in", "photo", "picture"})
 """Words that carry no appearance and no identity."""
 
-_VERSION = "1"
+_VERSION = "2"
 """Bump on any change of the code below that changes embeddings: it is part of ``identity``."""
 
 
@@ -168,10 +173,15 @@ class SyntheticClipParams:
     """Seeds the orthogonal projection, the modality directions and the word directions."""
     texture_weight: float = 0.6
     """Weight of the texture evidence relative to the colour evidence (CLIP leans on colour)."""
-    image_offset: float = 0.8
+    image_offset: float = 2.5
     """Norm of the direction shared by all image embeddings (CLIP's modality gap)."""
-    text_offset: float = 0.5
+    text_offset: float = 1.5
     """Norm of the direction shared by all text embeddings."""
+    shared_offset: float = 1.0
+    """Norm of a direction in both image and text embeddings: in CLIP even unrelated image-text
+    pairs have a positive cosine. With the two offsets above it puts the cosines in CLIP's
+    documented range (calibration in docs/synthetic-benchmark.md): matched ~0.28, classes
+    apart by hundredths."""
     word_weight: float = 0.4
     """Norm of the per-label word-identity part, invisible to images."""
     noise: float = 0.4
@@ -392,8 +402,8 @@ class SyntheticClipTeacher:
     """
 
     def __init__(self, params: SyntheticClipParams = SyntheticClipParams()) -> None:
-        if params.embed_dim < len(CONCEPTS) + 4:
-            raise ValueError(f"embed_dim must be at least {len(CONCEPTS) + 4} to hold the concept space.")
+        if params.embed_dim < len(CONCEPTS) + 5:
+            raise ValueError(f"embed_dim must be at least {len(CONCEPTS) + 5} to hold the concept space.")
         self.params = params
         self.embed_dim = params.embed_dim
         self.identity = _identity("synthetic-clip", params)
@@ -401,11 +411,13 @@ class SyntheticClipTeacher:
         generator = torch.Generator().manual_seed(params.seed)
         basis, _ = torch.linalg.qr(torch.randn(params.embed_dim, params.embed_dim, generator=generator))
         num_concepts = len(CONCEPTS)
-        # Disjoint orthonormal directions: concepts, image offset, text offset, word identities.
+        # Disjoint orthonormal directions: concepts, image offset, text offset, shared offset,
+        # word identities.
         self.concept_basis = basis[:, :num_concepts]
         self.image_direction = basis[:, num_concepts]
         self.text_direction = basis[:, num_concepts + 1]
-        self.word_basis = basis[:, num_concepts + 2 :]
+        self.shared_direction = basis[:, num_concepts + 2]
+        self.word_basis = basis[:, num_concepts + 3 :]
         noise = torch.randn(_NOISE_TABLE_SIZE, params.embed_dim, generator=generator)
         self.noise_table = params.noise * noise / noise.norm(dim=1, keepdim=True)
 
@@ -434,7 +446,8 @@ class SyntheticClipTeacher:
         texture = (texture * valid).sum(dim=(2, 3)) / area
         concepts = torch.cat([colour, self.params.texture_weight * texture], dim=1)
         noise = self.noise_table[_crop_hashes(quantised, sizes) % _NOISE_TABLE_SIZE]
-        embeddings = concepts @ self.concept_basis.T + self.params.image_offset * self.image_direction + noise
+        offset = self.params.image_offset * self.image_direction + self.params.shared_offset * self.shared_direction
+        embeddings = concepts @ self.concept_basis.T + offset + noise
         return embeddings.to(device)
 
     def concept_weights(self, text: str) -> Float[Tensor, "K"]:
@@ -462,6 +475,7 @@ class SyntheticClipTeacher:
                 self.concept_basis @ appearance
                 + self.params.word_weight * identity
                 + self.params.text_offset * self.text_direction
+                + self.params.shared_offset * self.shared_direction
             )
         if not rows:
             return torch.zeros(0, self.embed_dim)
