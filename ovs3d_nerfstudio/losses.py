@@ -40,17 +40,32 @@ def _tiny(x: Tensor) -> float:
     return torch.finfo(x.dtype).tiny
 
 
+def selected_targets(
+    targets: Float[Tensor, "*batch Ns D"],
+    selection: Float[Tensor, "*batch Ns"],
+    normalize_scales: bool = False,
+) -> Float[Tensor, "*batch D"]:
+    """``S(r) F(r) = sum_s S_s(r) F_s(r)`` of Eq. 3: the ray's N_s pixel-CLIP features mixed by the selection.
+
+    ``normalize_scales`` L2-normalises each scale's feature before mixing, as the official code
+    does when it loads the features; the paper mixes them as they are.
+    """
+    if normalize_scales:
+        targets = F.normalize(targets, dim=-1, eps=FEATURE_EPS)
+    return (selection[..., None] * targets).sum(dim=-2)
+
+
 def clip_supervision_loss(
     rendered: Float[Tensor, "R D"],
     targets: Float[Tensor, "R Ns D"],
     selection: Float[Tensor, "R Ns"],
     valid: Optional[Bool[Tensor, "R"]] = None,
+    normalize_scales: bool = False,
 ) -> Float[Tensor, ""]:
     """Feature half of Eq. 3: ``mean_r -cos(F^(r), S(r) F(r))``.
 
-    ``S(r) F(r) = sum_s S_s(r) F_s(r)`` mixes the ray's N_s pixel-CLIP features with the
-    rendered selection weights (Eq. 2), so the gradient also teaches the selection volume
-    which scale fits the object. The official code normalises the mixed feature before
+    ``S(r) F(r)`` is :func:`selected_targets`, so the gradient also teaches the selection
+    volume which scale fits the object. The official code normalises the mixed feature before
     the cosine; the cosine is scale invariant, so that is the same loss, done here by
     normalising both sides with an eps that keeps zero vectors finite.
 
@@ -58,11 +73,25 @@ def clip_supervision_loss(
     depend on the batch size. The RGB half of Eq. 3 is nerfstudio's MSE in the model.
     ``valid`` drops rays without a target; with no valid ray the loss is 0.
     """
-    selected = torch.einsum("rs,rsd->rd", selection, targets)
+    selected = selected_targets(targets, selection, normalize_scales)
     cos = (F.normalize(rendered, dim=-1, eps=FEATURE_EPS) * F.normalize(selected, dim=-1, eps=FEATURE_EPS)).sum(-1)
     if valid is None:
         return -cos.mean()
     return -torch.where(valid, cos, torch.zeros_like(cos)).sum() / valid.sum().clamp_min(1)
+
+
+def selection_loss(
+    selection: Float[Tensor, "R Ns"],
+    target: Float[Tensor, "R Ns"],
+) -> Float[Tensor, ""]:
+    """``mean_r KL(target(r) || S(r))``: trains the rendered selection towards a target selection.
+
+    Not in the paper (there Eq. 3's gradient alone trains the selection). Zero when they agree;
+    clamped logs keep one-hot targets and saturated selections finite.
+    """
+    tiny = _tiny(selection)
+    log_ratio = torch.log(target.clamp_min(tiny)) - torch.log(selection.clamp_min(tiny))
+    return (target * log_ratio).sum(dim=-1).mean()
 
 
 def segmentation_logits(
@@ -76,6 +105,20 @@ def segmentation_logits(
     the plain softmax of Eq. 5 were tuned for.
     """
     return F.normalize(rendered, dim=-1, eps=FEATURE_EPS) @ F.normalize(text, dim=-1, eps=FEATURE_EPS).T
+
+
+def standardized_logits(logits: Float[Tensor, "*batch C"], eps: float = 1e-4) -> Float[Tensor, "*batch C"]:
+    """Each ray's logits shifted to zero mean and scaled to unit standard deviation over the classes.
+
+    Not in the paper. FDA sharpens ``z / tau`` (Eq. 10), which is only sharp when the logits
+    are spread apart; CLIP's class cosines differ by hundredths, so ``softmax(z / 0.2)`` is
+    nearly uniform, and flattening every ray further (moving the features away from all class
+    differences) lowers both halves of Eq. 14. On standardised logits that escape does not
+    exist: FDA can only change which classes a ray prefers, not how sharply. ``eps`` (in logit
+    units) keeps a ray whose classes all score the same finite.
+    """
+    centred = logits - logits.mean(dim=-1, keepdim=True)
+    return centred / torch.sqrt(centred.square().mean(dim=-1, keepdim=True) + eps * eps)
 
 
 def dot_product_logits(
@@ -286,3 +329,37 @@ def fda_loss(
     with torch.no_grad():  # in log_p's precision: the 0.7 threshold is sensitive to fp16 rounding
         corr_f = dino_correlation(dino_tokens.to(log_p.dtype))
     return _ChunkedFDA.apply(log_p, corr_f, shift, lambda_pos, lambda_neg, chunk_size)
+
+
+def kl_correlation(log_p: Float[Tensor, "P N C"]) -> Float[Tensor, "P N N"]:
+    """``KL(P'_hw || P'_ij)`` for every pair of a patch: what the official code's ``js_correlation(a, a)`` computes.
+
+    The official code builds its mixture M from the *same* position of its two identical
+    inputs, so M = P'_ij and the "JS" is a KL. ``KL_ij = -h_i - sum_c p_ic log p_jc``: one
+    [N, C] x [C, N] product per patch, no [N, N, C] tensor.
+    """
+    p = log_p.exp()
+    return (p * log_p).sum(-1, keepdim=True) - p @ log_p.transpose(1, 2)
+
+
+def fda_loss_kl(
+    logits: Float[Tensor, "P N C"],
+    dino_tokens: Float[Tensor, "P N Cd"],
+    tau: float = 0.2,
+    shift: float = 0.7,
+    lambda_pos: float = 200.0,
+    lambda_neg: float = 0.2,
+) -> Tuple[Float[Tensor, ""], Float[Tensor, ""]]:
+    """Eq. 14 with the official code's Corr_D (:func:`kl_correlation`) in place of Eq. 11's JS.
+
+    Unlike JS, KL is unbounded: the negative half can push dissimilar pairs apart without
+    limit, and a confident wrong pair costs more. Returns ``(pos, neg)`` like :func:`fda_loss`.
+    """
+    log_p = torch.log_softmax(logits / tau, dim=-1)
+    with torch.no_grad():
+        centred = dino_correlation(dino_tokens.to(log_p.dtype)) - shift
+        pos_f, neg_f = centred.clamp(min=0), centred.clamp(max=0)
+    corr_d = kl_correlation(log_p)
+    pos = lambda_pos * (pos_f * corr_d).sum() / _count_guard(torch.count_nonzero(pos_f))
+    neg = lambda_neg * (neg_f * corr_d).sum() / _count_guard(torch.count_nonzero(neg_f))
+    return pos, neg

@@ -32,6 +32,7 @@ from ovs3d_nerfstudio.data.labels import validate_labels
 from ovs3d_nerfstudio.palette import colourize, palette
 from ovs3d_nerfstudio.queries import CANONICAL_NEGATIVES, overlay, query_relevancy
 from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig, reconcile_iterations
+from ovs3d_nerfstudio.variants import VariantName, VariantOptions, resolve_options
 from ovs3d_nerfstudio.viewer import SegmentationPanel
 
 
@@ -46,21 +47,41 @@ class Ovs3dModelConfig(ModelConfig):
     """Phase lengths and learning rates (reconstruction, segmentation frozen, segmentation joint)."""
     clip_loss_mult: float = 1.0
     """Weight of the CLIP half of the supervision loss (Eq. 3)."""
+    variant: VariantName = "default"
+    """Option set: 'paper' (the printed equations), 'official' (what the official code computes,
+    which produced the paper's numbers) or 'default' (this project's choice, by measurement;
+    docs/benchmarks.md). Options below marked 'variant' follow it unless given explicitly."""
     use_selection: bool = True
     """Learn the selection volume (Eq. 2); False averages the scales instead (ablation, Table 4)."""
+    selection_activation: Optional[Literal["none", "sigmoid"]] = None
+    """Variant option. Per-sample selection logits rendered as they are (paper) or through a sigmoid,
+    which bounds the rendered logits to [0, 1] and the selection to a soft preference (official)."""
+    selection_training: Optional[Literal["supervision", "dino-purity"]] = None
+    """Variant option. What trains the selection volume: Eq. 3's gradient (paper and official), or,
+    beyond both, a per-ray target of the scales whose CLIP windows DINO puts on the ray's object
+    (features/scale_purity.py); the supervision and RDA losses then use the selection without
+    training it."""
+    normalize_scale_targets: Optional[bool] = None
+    """Variant option. L2-normalise each scale's CLIP target before the selection mixes them (official)."""
     use_rda: bool = True
     """Relevancy-Distribution Alignment loss (Eqs. 5-8); False is the 'w/o RDA' ablation (Table 2)."""
     rda_loss_mult: float = 1.0
     """Weight of the RDA loss (official: relevancy 1.0)."""
-    rda_logits: Literal["cosine", "dot"] = "cosine"
-    """P(r) of RDA from Eq. 4's cosines (paper), or from the unnormalised rendered feature's dot
-    products with the unit text features (official code: the feature norm sharpens P)."""
+    rda_logits: Optional[Literal["cosine", "dot"]] = None
+    """Variant option. P(r) of RDA from Eq. 4's cosines (paper), or from the unnormalised rendered
+    feature's dot products with the unit text features (official: the feature norm sharpens P)."""
     use_fda: bool = True
     """Feature-Distribution Alignment loss (Eqs. 9-14); False is the 'w/o FDA' ablation (Table 2)."""
     fda_lambda_pos: float = 200.0
     """Weight of the similar-DINO-feature part of FDA (lambda_pos, Eq. 14)."""
     fda_lambda_neg: float = 0.2
     """Weight of the dissimilar part (lambda_neg; the paper uses 0.18-0.22 on some scenes)."""
+    fda_divergence: Optional[Literal["js", "kl"]] = None
+    """Variant option. Corr_D of FDA: Eq. 11's Jensen-Shannon (paper) or KL(P'_hw || P'_ij) (official)."""
+    fda_logits: Optional[Literal["cosine", "standardized"]] = None
+    """Variant option. Logits that FDA sharpens by tau (Eq. 10): Eq. 4's cosines (paper and official),
+    or the cosines standardised per ray (zero mean, unit spread over the classes; not in the paper),
+    so FDA cannot lower its loss by flattening every ray's class distribution."""
     fda_rebalance: bool = True
     """False uses lambda_pos for both parts: the 'w/o re-balancing' ablation (Table 2)."""
     fda_temperature: float = 0.2
@@ -149,6 +170,15 @@ class Ovs3dModel(Model):
 
     def populate_modules(self):
         super().populate_modules()
+        self.options: VariantOptions = resolve_options(
+            self.config.variant,
+            rda_logits=self.config.rda_logits,
+            fda_divergence=self.config.fda_divergence,
+            normalize_scale_targets=self.config.normalize_scale_targets,
+            selection_activation=self.config.selection_activation,
+            fda_logits=self.config.fda_logits,
+            selection_training=self.config.selection_training,
+        )
         self.labels: List[str] = list(self.kwargs["metadata"]["labels"])
         metadata = self.kwargs["metadata"]
         # Without text features (a run being reloaded) D is unknown until the checkpoint is read.
@@ -217,6 +247,10 @@ class Ovs3dModel(Model):
         self.step = 0
         self.phase = self.config.schedule.phase(0)
         self.segmentation = SegmentationPanel(self)
+
+    @property
+    def normalize_scale_targets(self) -> bool:
+        return self.options.normalize_scale_targets
 
     # ------------------------------------------------------------ display labels
     def match_checkpoint(self, state: Dict[str, Tensor]) -> None:
@@ -308,6 +342,14 @@ class Ovs3dModel(Model):
 
     # ----------------------------------------------------------------- rendering
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor | List]:
+        return self.render(ray_bundle, with_features=self.training)
+
+    def render(self, ray_bundle: RayBundle, with_features: bool) -> Dict[str, Tensor | List]:
+        """RGB, depth and the segmentation outputs of a ray bundle.
+
+        ``with_features`` adds the rendered CLIP features ``clip`` and the logits (training
+        needs them; the benchmark's diagnostics render them in eval mode).
+        """
         # Reconstruction steps train RGB only: no selection volume, no CLIP features.
         segmenting = not (self.training and self.phase is Phase.RECONSTRUCTION)
         ray_samples, weights_list, ray_samples_list = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
@@ -322,20 +364,25 @@ class Ovs3dModel(Model):
             depth = self.renderer_depth(weights=weights, ray_samples=ray_samples)
         outputs: Dict[str, Tensor | List] = {}
         if segmenting:
-            outputs.update(self.segmentation_outputs(field_outputs, weights, accumulation))
+            outputs.update(self.segmentation_outputs(field_outputs, weights, accumulation, with_features))
         outputs.update(rgb=rgb, accumulation=accumulation, depth=depth)
         if self.training:
             outputs.update(weights_list=weights_list, ray_samples_list=ray_samples_list)
         return outputs
 
-    def segmentation_outputs(self, field_outputs: Dict, weights: Tensor, accumulation: Tensor) -> Dict[str, Tensor]:
+    def segmentation_outputs(
+        self, field_outputs: Dict, weights: Tensor, accumulation: Tensor, with_features: bool
+    ) -> Dict[str, Tensor]:
         """Rendered CLIP feature (Eq. 1), selection (Eq. 2), logits (Eq. 4) and the label map.
 
         ``labels`` comes first: the viewer shows the first output by default.
         """
         rendered_appearance = torch.sum(weights * field_outputs[APPEARANCE], dim=-2)
         clip = self.clip_head.render(rendered_appearance, accumulation)
-        selection = self.render_selection(torch.sum(weights * field_outputs[SELECTION], dim=-2))
+        selection_logits = field_outputs[SELECTION]
+        if self.options.selection_activation == "sigmoid":
+            selection_logits = torch.sigmoid(selection_logits)
+        selection = self.render_selection(torch.sum(weights * selection_logits, dim=-2))
         text, colours = (self.text_features, self.label_colours) if self.training else (
             self.display_text_features, self.display_colours
         )
@@ -345,9 +392,9 @@ class Ovs3dModel(Model):
             "class_probabilities": torch.softmax(logits, dim=-1),
             "selection": selection,
         }
-        if self.training:
+        if with_features:
             outputs.update(clip=clip, logits=logits)
-        elif self._query is not None:
+        if not self.training and self._query is not None:
             outputs["query_relevancy"] = query_relevancy(clip, self._query[0], self._query[1:])
         return outputs
 
@@ -393,14 +440,17 @@ class Ovs3dModel(Model):
         if phase is Phase.RECONSTRUCTION or "clip_targets" not in batch or "clip" not in outputs:
             return loss_dict
         selection = outputs["selection"][:num_rays]
+        if "selection_target" in batch:
+            loss_dict["selection"] = losses.selection_loss(selection, batch["selection_target"].to(self.device))
+            selection = selection.detach()
         loss_dict["clip"] = self.config.clip_loss_mult * losses.clip_supervision_loss(
-            outputs["clip"][:num_rays], batch["clip_targets"], selection
+            outputs["clip"][:num_rays], batch["clip_targets"], selection, normalize_scales=self.normalize_scale_targets
         )
         if self.config.use_rda and "relevancy" in batch:
             relevancy = losses.selected_relevancy(batch["relevancy"], selection)
             logits = (
                 outputs["logits"][:num_rays]
-                if self.config.rda_logits == "cosine"
+                if self.options.rda_logits == "cosine"
                 else losses.dot_product_logits(outputs["clip"][:num_rays], self.text_features)
             )
             loss_dict["rda"] = self.config.rda_loss_mult * losses.rda_loss(logits, relevancy)
@@ -413,16 +463,17 @@ class Ovs3dModel(Model):
         num_patches, num_tokens = dino_tokens.shape[:2]
         pooled = pool_patch_rays(patch_clip, num_patches, num_tokens)
         logits = losses.segmentation_logits(pooled, self.text_features)
-        lambda_neg = self.config.fda_lambda_neg if self.config.fda_rebalance else self.config.fda_lambda_pos
-        return losses.fda_loss(
-            logits,
-            dino_tokens,
+        if self.options.fda_logits == "standardized":
+            logits = losses.standardized_logits(logits)
+        weights = dict(
             tau=self.config.fda_temperature,
             shift=self.config.fda_shift,
             lambda_pos=self.config.fda_lambda_pos,
-            lambda_neg=lambda_neg,
-            chunk_size=self.config.fda_chunk_size,
+            lambda_neg=self.config.fda_lambda_neg if self.config.fda_rebalance else self.config.fda_lambda_pos,
         )
+        if self.options.fda_divergence == "kl":
+            return losses.fda_loss_kl(logits, dino_tokens, **weights)
+        return losses.fda_loss(logits, dino_tokens, chunk_size=self.config.fda_chunk_size, **weights)
 
     # ---------------------------------------------------------------- evaluation
     def get_image_metrics_and_images(

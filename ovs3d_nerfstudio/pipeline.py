@@ -14,6 +14,7 @@ from ovs3d_nerfstudio.evaluation import per_class_iou
 
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig
 from ovs3d_nerfstudio.model import Ovs3dModelConfig
+from ovs3d_nerfstudio.variants import resolve_options
 
 
 @dataclass
@@ -41,8 +42,14 @@ class Ovs3dPipeline(VanillaPipeline):
     ):
         if config.model.labels and hasattr(config.datamanager.dataparser, "labels"):
             config.datamanager.dataparser.labels = tuple(config.model.labels)
+        config.datamanager.variant = config.model.variant
         config.datamanager.serve_relevancy = config.model.use_rda
         config.datamanager.serve_patches = config.model.use_fda
+        config.datamanager.serve_selection_targets = config.model.use_selection and (
+            resolve_options(config.model.variant, selection_training=config.model.selection_training).selection_training
+            == "dino-purity"
+        )
+        config.datamanager.selection_target_shift = config.model.fda_shift
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.datamanager.segmentation_start = config.model.schedule.reconstruction_steps
 

@@ -3,8 +3,10 @@
 1. reconstruction: density, appearance and RGB only (the paper trains a TensoRF first);
 2. segmentation, frozen: density and appearance frozen, selection volume and CLIP head
    trained (lr 0.02 for volumes, 1e-4 for MLPs);
-3. segmentation, joint: appearance and RGB head unfrozen with the RGB loss added
-   (lr 5e-3 / 5e-5).
+3. segmentation, joint: appearance and RGB head unfrozen with the RGB loss added and
+   fine-tuned at lr 5e-3 / 5e-5; the selection volume and CLIP head keep their rates (the
+   paper fine-tunes "the shared volume and the RGB branch" at those rates, and the official
+   code gives only the appearance volume and RGB head the fine-tuning rates).
 
 Segmentation learning rates decay exponentially to ``decay`` x over the whole
 segmentation stage (TensoRF's per-iteration decay, which the official code inherits).
@@ -54,9 +56,9 @@ class ScheduleConfig:
     frozen_lr_mlp: float = 1e-4
     """Phase 1 learning rate of MLP heads."""
     joint_lr_volume: float = 5e-3
-    """Phase 2 learning rate of volumes."""
+    """Phase 2 learning rate of the appearance volume (fine-tuned)."""
     joint_lr_mlp: float = 5e-5
-    """Phase 2 learning rate of MLP heads."""
+    """Phase 2 learning rate of the RGB head (fine-tuned)."""
     segmentation_decay: float = 0.1
     """Learning rates reach this factor at the end of segmentation (exponential decay)."""
 
@@ -80,9 +82,9 @@ class ScheduleConfig:
             progress = step / max(self.reconstruction_steps, 1)
             return self.reconstruction_lr * (self.reconstruction_lr_final / self.reconstruction_lr) ** progress
         is_volume = group in VOLUME_GROUPS
-        if phase is Phase.SEGMENTATION_FROZEN:
+        if group in TRAINABLE[Phase.SEGMENTATION_FROZEN]:
             base = self.frozen_lr_volume if is_volume else self.frozen_lr_mlp
-        else:
+        else:  # unfrozen for fine-tuning in the joint phase
             base = self.joint_lr_volume if is_volume else self.joint_lr_mlp
         progress = (step - self.reconstruction_steps) / max(self.frozen_steps + self.joint_steps, 1)
         return base * self.segmentation_decay ** min(progress, 1.0)

@@ -15,10 +15,13 @@ from ovs3d_nerfstudio.losses import (
     dot_product_logits,
     fda_loss,
     fda_loss_dense,
+    fda_loss_kl,
+    kl_correlation,
     js_divergence,
     rda_loss,
     segmentation_logits,
     selected_relevancy,
+    selected_targets,
 )
 
 f64 = torch.float64
@@ -355,3 +358,79 @@ def test_fda_gives_no_gradient_to_the_teacher():
     pos, neg = fda_loss(logits, tokens)
     (pos + neg).backward()
     assert tokens.grad is None and logits.grad is not None
+
+
+# ---- the official code's variants ----
+
+
+def lit_official_fda(logits, tokens, tau, shift, lambda_pos, lambda_neg):
+    """The official CorrelationLoss: js_correlation(a, a) builds M from position j, i.e. KL(P'_hw || P'_ij)."""
+    patches, n, classes = logits.shape
+    corr_f = lit_correlation(tokens)
+    sharp = [[lit_softmax(logits[p, i] / tau) for i in range(n)] for p in range(patches)]
+    kl = torch.stack(
+        [
+            torch.stack(
+                [
+                    torch.stack([sum(sharp[p][i][c] * torch.log(sharp[p][i][c] / sharp[p][j][c]) for c in range(classes)) for j in range(n)])
+                    for i in range(n)
+                ]
+            )
+            for p in range(patches)
+        ]
+    )
+    pos_f = torch.where(corr_f - shift > 0, corr_f - shift, torch.zeros_like(corr_f))
+    neg_f = torch.where(corr_f - shift < 0, corr_f - shift, torch.zeros_like(corr_f))
+    pos = lambda_pos * (pos_f * kl).sum() / int((pos_f != 0).sum())
+    neg = lambda_neg * (neg_f * kl).sum() / int((neg_f != 0).sum())
+    return pos, neg
+
+
+def test_kl_fda_matches_the_official_transcription():
+    torch.manual_seed(13)
+    tokens = clustered_tokens(2, 7, 6)
+    logits = (torch.rand(2, 7, 4, dtype=f64) * 2 - 1).requires_grad_()
+    kwargs = dict(tau=0.2, shift=0.7, lambda_pos=200.0, lambda_neg=0.2)
+    ours = fda_loss_kl(logits, tokens, **kwargs)
+    ref = lit_official_fda(logits, tokens, **kwargs)
+    assert ours[0] > 0 and ours[1] < 0
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(grads(ours[0] + 3 * ours[1], logits)[0], grads(ref[0] + 3 * ref[1], logits)[0])
+
+
+def test_kl_correlation_is_zero_on_the_diagonal_and_asymmetric():
+    torch.manual_seed(14)
+    log_p = torch.log_softmax(torch.randn(1, 5, 3, dtype=f64), dim=-1)
+    kl = kl_correlation(log_p)[0]
+    torch.testing.assert_close(kl.diagonal(), torch.zeros(5, dtype=f64))
+    assert (kl >= -1e-12).all() and not torch.allclose(kl, kl.T)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_kl_fda_extreme_logits_are_finite(dtype):
+    torch.manual_seed(15)
+    tokens = clustered_tokens(2, 12, 8, dtype=dtype)
+    logits = (torch.randint(-1, 2, (2, 12, 4)).to(dtype) * 1e4).requires_grad_()
+    pos, neg = fda_loss_kl(logits, tokens)
+    assert_finite(pos, neg, *grads(pos + neg, logits))
+    tokens.requires_grad_()
+    fresh = logits.detach().requires_grad_()
+    pos, neg = fda_loss_kl(fresh, tokens)
+    (pos + neg).backward()
+    assert tokens.grad is None
+
+
+def test_selected_targets_mix_raw_or_unit_scales():
+    torch.manual_seed(16)
+    targets = torch.randn(4, 3, 5, dtype=f64)
+    selection = torch.softmax(torch.randn(4, 3, dtype=f64), dim=-1)
+    raw = torch.stack([sum(selection[r, s] * targets[r, s] for s in range(3)) for r in range(4)])
+    unit = torch.stack([sum(selection[r, s] * targets[r, s] / targets[r, s].norm() for s in range(3)) for r in range(4)])
+    torch.testing.assert_close(selected_targets(targets, selection), raw)
+    torch.testing.assert_close(selected_targets(targets, selection, normalize_scales=True), unit)
+    zero = selected_targets(torch.zeros(2, 3, 5), torch.full((2, 3), 1 / 3), normalize_scales=True)
+    assert torch.equal(zero, torch.zeros(2, 5))
+    rendered = torch.randn(4, 5, dtype=f64)
+    expected = torch.stack([-lit_cos(rendered[r], unit[r]) for r in range(4)]).mean()
+    torch.testing.assert_close(clip_supervision_loss(rendered, targets, selection, normalize_scales=True), expected)

@@ -35,9 +35,12 @@ def test_frozen_groups_get_no_learning_rate():
 def test_segmentation_decays_to_a_tenth():
     schedule = ScheduleConfig(reconstruction_steps=0, frozen_steps=50, joint_steps=50)
     assert schedule.learning_rate("selection", 0) == pytest.approx(0.02)
-    # Joint phase starts from its own base rate, already decayed by half the stage.
-    assert schedule.learning_rate("selection", 50) == pytest.approx(5e-3 * 0.1**0.5)
-    assert schedule.learning_rate("clip_head", 100) == pytest.approx(5e-5 * 0.1)
+    # The selection volume and CLIP head keep their rates through the joint phase, decaying.
+    assert schedule.learning_rate("selection", 50) == pytest.approx(0.02 * 0.1**0.5)
+    assert schedule.learning_rate("clip_head", 100) == pytest.approx(1e-4 * 0.1)
+    # Groups unfrozen for fine-tuning start from the fine-tuning rates, decayed by half the stage.
+    assert schedule.learning_rate("appearance", 50) == pytest.approx(5e-3 * 0.1**0.5)
+    assert schedule.learning_rate("rgb_head", 100) == pytest.approx(5e-5 * 0.1)
 
 
 def test_default_max_iterations_follow_a_shorter_schedule():

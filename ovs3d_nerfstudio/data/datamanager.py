@@ -41,10 +41,18 @@ from ovs3d_nerfstudio.data.patches import concat_ray_bundles, patch_ray_indices,
 from ovs3d_nerfstudio.errors import UserFacingError
 from ovs3d_nerfstudio.evaluation import IGNORE
 from ovs3d_nerfstudio.features.cache import FeatureCache
-from ovs3d_nerfstudio.features.clip_pyramid import ClipFeatureStore, PixelClipPyramid, PyramidConfig, extract_pyramid
+from ovs3d_nerfstudio.features.clip_pyramid import (
+    ClipFeatureStore,
+    PixelClipPyramid,
+    PyramidConfig,
+    extract_pyramid,
+    patch_geometry,
+)
 from ovs3d_nerfstudio.features.relevancy import normalized_relevancy_maps
+from ovs3d_nerfstudio.features.scale_purity import WINDOW_REACH, purity_selection, scale_purity
 from ovs3d_nerfstudio.teachers.base import ClipTeacher, DenseTeacher
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig, DinoTeacherConfig
+from ovs3d_nerfstudio.variants import resolve_options
 
 
 class Ovs3dDataset(InputDataset):
@@ -59,16 +67,20 @@ class Ovs3dDataset(InputDataset):
         if not masks:
             return {}
         height, width = data["image"].shape[:2]
-        labels: List[str] = self.metadata["labels"]
-        gt_labels = torch.full((height, width), IGNORE, dtype=torch.int64)
-        for label, path in masks.items():
-            if label not in labels:
-                continue
-            mask = Image.open(path).convert("L")
-            if mask.size != (width, height):
-                mask = mask.resize((width, height), Image.NEAREST)
-            gt_labels[torch.from_numpy(np.asarray(mask) > 127)] = labels.index(label)
-        return {"gt_labels": gt_labels}
+        return {"gt_labels": load_label_map(masks, self.metadata["labels"], height, width)}
+
+
+def load_label_map(masks: Dict[str, Path], labels: List[str], height: int, width: int) -> Tensor:
+    """Label-index map [height, width] of one view's mask files (nearest-neighbour resized), ``IGNORE`` elsewhere."""
+    gt_labels = torch.full((height, width), IGNORE, dtype=torch.int64)
+    for label, path in masks.items():
+        if label not in labels:
+            continue
+        mask = Image.open(path).convert("L")
+        if mask.size != (width, height):
+            mask = mask.resize((width, height), Image.NEAREST)
+        gt_labels[torch.from_numpy(np.asarray(mask) > 127)] = labels.index(label)
+    return gt_labels
 
 
 @dataclass
@@ -85,8 +97,9 @@ class Ovs3dDataManagerConfig(VanillaDataManagerConfig):
     """The CLIP-like teacher (built-in open_clip or an import path)."""
     pyramid: PyramidConfig = field(default_factory=PyramidConfig)
     """Alg. 1 settings: patch fractions (one per scale) and window jitter seed."""
-    clip_view_fraction: float = 1.0
-    """Fraction of training views given CLIP features, evenly spaced (ablation, Table 2)."""
+    clip_view_fraction: Optional[float] = None
+    """Variant option. Fraction of training views given CLIP features, evenly spaced (ablation,
+    Table 2; paper 1.0, official configs 0.5)."""
     cache_dir: Optional[Path] = None
     """Feature cache folder (default: $XDG_CACHE_HOME/ovs3d_nerfstudio). Keyed by content."""
     pixel_sampler: PixelSamplerConfig = field(default_factory=PixelSamplerConfig)
@@ -99,14 +112,21 @@ class Ovs3dDataManagerConfig(VanillaDataManagerConfig):
     """DINO tokens per patch side; a patch spans patch_tokens * stride pixels (paper: 32 -> 256 px)."""
     patch_downscale: int = 5
     """Patches come from the images downsampled by this factor (paper: 5)."""
-    patch_rays_per_token: int = 8
-    """Rendered rays per token side, averaged into the token (official: 8 = every pixel; 2 is ~16x cheaper)."""
+    patch_rays_per_token: Optional[int] = None
+    """Variant option. Rendered rays per token side, averaged into the token: 8 renders every pixel of
+    the patch (paper), 1 one ray per token, 64x cheaper (official: the 8x8 rays are average-pooled)."""
     dino_tokens: Literal["cached", "on-the-fly"] = "cached"
     """DINO tokens of each view computed once and cropped per patch, or encoded per patch every step."""
+    variant: tyro.conf.Suppress[str] = "default"
+    """Set by the pipeline from the model's variant."""
     serve_relevancy: tyro.conf.Suppress[bool] = True
     """Set by the pipeline from the model's RDA switch."""
     serve_patches: tyro.conf.Suppress[bool] = True
     """Set by the pipeline from the model's FDA switch."""
+    serve_selection_targets: tyro.conf.Suppress[bool] = False
+    """Set by the pipeline when the model trains its selection volume on DINO purity."""
+    selection_target_shift: tyro.conf.Suppress[float] = 0.7
+    """Set by the pipeline from the model's FDA shift b (the DINO similarity that counts as one object)."""
 
 
 class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
@@ -129,6 +149,11 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
                 f"{type(config.dataparser).__name__}: end the command with 'ovs3d-data --data <scene>' "
                 "(it also reads nerfstudio-format data with a labels.txt beside transforms.json)."
             )
+        self.options = resolve_options(
+            config.variant,
+            clip_view_fraction=config.clip_view_fraction,
+            patch_rays_per_token=config.patch_rays_per_token,
+        )
         self._clip_teacher: Optional[ClipTeacher] = None
         self._text_features: Optional[Tensor] = None
         self.segmentation_start = 0
@@ -194,13 +219,17 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         self.train_ray_generator = RayGenerator(cameras.to(self.device))
         self.train_pixel_sampler = self.config.pixel_sampler.setup(num_rays_per_batch=self.config.train_num_rays_per_batch)
 
-        self.clip_views = clip_view_subset(len(outputs.image_filenames), self.config.clip_view_fraction)
-        self.clip_store = self._load_clip_features(self.clip_views).to(self.device)
+        self.clip_views = clip_view_subset(len(outputs.image_filenames), self.options.clip_view_fraction)
+        self.clip_store = self.load_clip_features(self.clip_views).to(self.device)
         self.clip_views = self.clip_views.to(self.device)
         if self.config.serve_relevancy:
             self.relevancy = self._relevancy_maps()
+        if self.config.serve_patches or self.config.serve_selection_targets:
+            self._setup_dino()
         if self.config.serve_patches:
             self._setup_patches()
+        if self.config.serve_selection_targets:
+            self.selection_targets = self._selection_targets()
 
     def _relevancy_maps(self) -> Tensor:
         """Eqs. 6-7 per view, scale and class at load time (official code): [Vc, Ns, C, H, W] fp16."""
@@ -210,22 +239,47 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
             maps.append(normalized_relevancy_maps(dense, self.text_features).half())
         return torch.stack(maps)
 
-    def _setup_patches(self) -> None:
+    def _setup_dino(self) -> None:
+        """The DINO teacher, the patch-resolution images and, when cached or needed for the
+        selection targets, every view's DINO tokens."""
         outputs = self.train_dataparser_outputs
         self.dino_teacher: DenseTeacher = self.config.dino.setup(device=str(self.device))
         stride = self.dino_teacher.stride
-        self.patch_pixels = self.config.patch_tokens * stride
         self.patch_images = load_downscaled_images(outputs.image_filenames, self.config.patch_downscale).to(self.device)
-        cameras: Cameras = outputs.cameras.to("cpu")
-        cameras.rescale_output_resolution(1.0 / self.config.patch_downscale)
-        self.patch_ray_generator = RayGenerator(cameras.to(self.device))
         self.dino_cache: Optional[Tensor] = None
-        if self.config.dino_tokens == "cached":
+        keep_tokens = self.config.serve_selection_targets or (self.config.serve_patches and self.config.dino_tokens == "cached")
+        if keep_tokens:
             height, width = (size // stride * stride for size in self.patch_images.shape[1:3])
             with torch.no_grad():
                 self.dino_cache = torch.cat(
                     [self._encode_dino(self.patch_images[v : v + 1, :height, :width]).half() for v in range(len(self.patch_images))]
                 )
+
+    def _setup_patches(self) -> None:
+        outputs = self.train_dataparser_outputs
+        self.patch_pixels = self.config.patch_tokens * self.dino_teacher.stride
+        cameras: Cameras = outputs.cameras.to("cpu")
+        cameras.rescale_output_resolution(1.0 / self.config.patch_downscale)
+        self.patch_ray_generator = RayGenerator(cameras.to(self.device))
+
+    def _selection_targets(self) -> Tensor:
+        """DINO-purity target selection of every ray of every view, [V, Ns, H, W] fp16 (see
+        :mod:`ovs3d_nerfstudio.features.scale_purity`)."""
+        assert self.dino_cache is not None
+        height, width = self.ray_images.shape[1:3]
+        tokens_per_ray_pixel = self.config.ray_downscale / (self.config.patch_downscale * self.dino_teacher.stride)
+        radii = [
+            WINDOW_REACH * patch_geometry(height, width, fraction)[0] * tokens_per_ray_pixel
+            for fraction in self.config.pyramid.patch_fractions
+        ]
+        grid_h, grid_w = self.dino_cache.shape[1:3]
+        rows = (((torch.arange(height) + 0.5) * tokens_per_ray_pixel).long()).clamp(max=grid_h - 1).to(self.device)
+        cols = (((torch.arange(width) + 0.5) * tokens_per_ray_pixel).long()).clamp(max=grid_w - 1).to(self.device)
+        targets = []
+        for view_tokens in self.dino_cache:
+            purity = scale_purity(view_tokens, radii, self.config.selection_target_shift)
+            targets.append(purity_selection(purity)[:, rows[:, None], cols[None, :]].half())
+        return torch.stack(targets)
 
     def _encode_dino(self, images: UInt8[Tensor, "B H W 3"]) -> Tensor:
         return self.dino_teacher.encode_dense(images.permute(0, 3, 1, 2).float() / 255.0)
@@ -233,7 +287,8 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
     def _patch_tokens(self, origins: Tensor) -> Tensor:
         """DINO tokens of each patch, [P, tokens^2, C]: cropped from the cache or encoded now."""
         stride, tokens = self.dino_teacher.stride, self.config.patch_tokens
-        if self.dino_cache is not None:
+        if self.config.dino_tokens == "cached":
+            assert self.dino_cache is not None
             rows = origins[:, 1, None] // stride + torch.arange(tokens, device=origins.device)
             cols = origins[:, 2, None] // stride + torch.arange(tokens, device=origins.device)
             crops = self.dino_cache[origins[:, 0, None, None], rows[:, :, None], cols[:, None, :]]
@@ -245,7 +300,7 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         with torch.no_grad():
             return self._encode_dino(crops).float().reshape(len(origins), tokens * tokens, -1)
 
-    def _load_clip_features(self, views: Tensor) -> ClipFeatureStore:
+    def load_clip_features(self, views: Tensor) -> ClipFeatureStore:
         """Computes (or reads from the content-keyed cache) Alg. 1 features of ``views``."""
         cache = FeatureCache(self.config.cache_dir)
         teacher = self.clip_teacher
@@ -294,6 +349,8 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         batch["clip_targets"] = self.clip_store.gather(store_index, y, x)
         if self.config.serve_relevancy:
             batch["relevancy"] = self.relevancy[store_index, :, :, y, x].float()
+        if self.config.serve_selection_targets:
+            batch["selection_target"] = self.selection_targets[view, :, y, x].float()
         if self.config.serve_patches:
             patch_bundle, batch["dino_tokens"] = self._next_patches()
             ray_bundle = concat_ray_bundles(ray_bundle, patch_bundle)
@@ -306,7 +363,7 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         origins = sample_patch_origins(
             self.config.num_patches, num_views, height, width, self.patch_pixels, stride, self.device
         )
-        indices = patch_ray_indices(origins, self.config.patch_tokens, stride, self.config.patch_rays_per_token)
+        indices = patch_ray_indices(origins, self.config.patch_tokens, stride, self.options.patch_rays_per_token)
         return self.patch_ray_generator(indices), self._patch_tokens(origins)
 
 

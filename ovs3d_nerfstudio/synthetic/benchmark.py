@@ -56,6 +56,7 @@ from ovs3d_nerfstudio.config import ovs3d_method
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataset, load_downscaled_images
 from ovs3d_nerfstudio.evaluation import IGNORE, segmentation_metrics
 from ovs3d_nerfstudio.features.clip_pyramid import extract_pyramid
+from ovs3d_nerfstudio.features.relevancy import normalized_relevancy_maps
 from ovs3d_nerfstudio.schedule import TRAINABLE, Phase
 from ovs3d_nerfstudio.synthetic.scenes import write_benchmark_scene
 
@@ -64,6 +65,9 @@ SYNTHETIC_DINO = "ovs3d_nerfstudio.synthetic.teachers:synthetic_dino"
 
 BASELINE = "baseline_2d"
 """Name of the 2D teacher baseline row (no training)."""
+BASELINE_RDA = "baseline_2d_rda"
+"""Name of the 2D baseline of RDA's target: argmax of the normalised relevancy (no training)."""
+BASELINES = (BASELINE, BASELINE_RDA)
 
 NEVER = 10**9
 """Step interval that never comes: no in-training evaluation, no intermediate checkpoint."""
@@ -179,6 +183,7 @@ PROFILES: Dict[str, Profile] = {
 }
 
 METHODS: Dict[str, Mapping[str, Any]] = {
+    "distill_only": {"pipeline.model.use_rda": False, "pipeline.model.use_fda": False},
     "full": {},
     "no_rda": {"pipeline.model.use_rda": False},
     "no_fda": {"pipeline.model.use_fda": False},
@@ -190,7 +195,7 @@ METHODS: Dict[str, Mapping[str, Any]] = {
 """Trained rows: the full method, the ablations of Table 2, and ``rda_dot_logits`` (not a paper
 row: the full method with the official code's RDA logits instead of Eq. 4's cosines)."""
 
-ROWS: Tuple[str, ...] = (BASELINE, *METHODS)
+ROWS: Tuple[str, ...] = (*BASELINES, *METHODS)
 """Every row of the results table, in print order."""
 
 
@@ -485,15 +490,17 @@ def evaluate(trainer: Trainer) -> Dict[str, Any]:
     }
 
 
-def baseline_2d(config: TrainerConfig) -> Dict[str, Any]:
+def baseline_2d(config: TrainerConfig, normalized_relevancy: bool = False) -> Dict[str, Any]:
     """The 2D teacher baseline on the eval views, scored like :func:`evaluate`.
 
     Per view: Alg. 1 pixel features at the ray resolution (the training targets of the
-    field), averaged over the scales (no selection: the teacher alone cannot choose a scale),
-    label = argmax over labels of cos(text, feature), upsampled nearest-neighbour to the
-    eval resolution and scored with :func:`segmentation_metrics` against the same ground
-    truth the eval datamanager serves; ``miou``/``accuracy`` are means over views, as in
-    ``get_average_eval_image_metrics``.
+    field), label = argmax over labels of cos(text, feature) of the features averaged over
+    the scales (no selection: the teacher alone cannot choose a scale); or, with
+    ``normalized_relevancy`` (row ``baseline_2d_rda``), argmax of the per-class min-max
+    normalised relevancy of Eq. 7 averaged over the scales, i.e. what RDA's target alone
+    labels. Upsampled nearest-neighbour to the eval resolution and scored with
+    :func:`segmentation_metrics` against the same ground truth the eval datamanager serves;
+    ``miou``/``accuracy`` are means over views, as in ``get_average_eval_image_metrics``.
     """
     datamanager = config.pipeline.datamanager
     outputs = datamanager.dataparser.setup().get_dataparser_outputs(split="val")
@@ -512,8 +519,11 @@ def baseline_2d(config: TrainerConfig) -> Dict[str, Any]:
                 continue
             pixels = images[index].permute(2, 0, 1).float().div(255.0).to(device)
             pyramid = extract_pyramid(pixels, teacher, datamanager.pyramid, batch_size=datamanager.clip.batch_size)
-            feature = torch.stack([pyramid.dense(s) for s in range(pyramid.num_scales)]).mean(dim=0).to(device)
-            predicted = (F.normalize(feature, dim=-1) @ text.T).argmax(dim=-1)
+            features = torch.stack([pyramid.dense(s) for s in range(pyramid.num_scales)]).to(device)
+            if normalized_relevancy:
+                predicted = normalized_relevancy_maps(features, text).mean(dim=0).argmax(dim=0)
+            else:
+                predicted = (F.normalize(features.mean(dim=0), dim=-1) @ text.T).argmax(dim=-1)
             predicted = F.interpolate(predicted[None, None].float(), size=tuple(truth.shape), mode="nearest")[0, 0]
             predicted = predicted.long().cpu()
             per_view.append(segmentation_metrics(predicted, truth, len(labels)))
@@ -658,13 +668,14 @@ def run_benchmark(
     base = build_config(profile, {}, scene, workdir, "reconstruction")
     result["labels"] = list(base.pipeline.datamanager.dataparser.setup().get_dataparser_outputs("train").metadata["labels"])
 
-    if BASELINE in rows:
-        echo(f"[{scene_name}/{profile.name}] {BASELINE}")
-        result["rows"][BASELINE] = baseline_2d(base)
-        result["commands"][BASELINE] = "ovs3d_nerfstudio.synthetic.benchmark.baseline_2d (no training)"
-        save()
+    for name in BASELINES:
+        if name in rows:
+            echo(f"[{scene_name}/{profile.name}] {name}")
+            result["rows"][name] = baseline_2d(base, normalized_relevancy=name == BASELINE_RDA)
+            result["commands"][name] = f"ovs3d_nerfstudio.synthetic.benchmark.baseline_2d (no training, {name})"
+            save()
 
-    trained = [row for row in ROWS if row in rows and row != BASELINE]
+    trained = [row for row in ROWS if row in rows and row not in BASELINES]
     reconstruction_steps, frozen_steps, joint_steps = profile.steps()
     checkpoint: Optional[Path] = None
     if trained and reconstruction_steps > 0:
