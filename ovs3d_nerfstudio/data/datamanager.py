@@ -99,8 +99,9 @@ class Ovs3dDataManagerConfig(VanillaDataManagerConfig):
     """DINO tokens per patch side; a patch spans patch_tokens * stride pixels (paper: 32 -> 256 px)."""
     patch_downscale: int = 5
     """Patches come from the images downsampled by this factor (paper: 5)."""
-    patch_rays_per_token: int = 8
-    """Rendered rays per token side, averaged into the token (official: 8 = every pixel; 2 is ~16x cheaper)."""
+    patch_rays_per_token: int = 1
+    """Rendered rays per token side, averaged into the token. 1 (official code): one ray per DINO
+    token, 32x32 rays per 256 px patch; up to the DINO stride (8 = every pixel, 64x the rays)."""
     dino_tokens: Literal["cached", "on-the-fly"] = "cached"
     """DINO tokens of each view computed once and cropped per patch, or encoded per patch every step."""
     serve_relevancy: tyro.conf.Suppress[bool] = True
