@@ -54,7 +54,7 @@ from nerfstudio.utils import writer
 
 from ovs3d_nerfstudio.config import ovs3d_method
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataset, load_downscaled_images
-from ovs3d_nerfstudio.evaluation import IGNORE, segmentation_metrics
+from ovs3d_nerfstudio.evaluation import IGNORE, paper_metrics, segmentation_metrics
 from ovs3d_nerfstudio.features.clip_pyramid import extract_pyramid
 from ovs3d_nerfstudio.schedule import TRAINABLE, Phase
 from ovs3d_nerfstudio.synthetic.scenes import write_benchmark_scene
@@ -477,6 +477,8 @@ def evaluate(trainer: Trainer) -> Dict[str, Any]:
     return {
         "miou": metrics["miou"],
         "accuracy": metrics["accuracy"],
+        "miou_paper": metrics["miou_paper"],
+        "accuracy_paper": metrics["accuracy_paper"],
         "psnr": metrics["psnr"],
         "num_views": len(pairs),
         "per_class_iou": _pooled_class_iou(pairs, labels),
@@ -492,8 +494,8 @@ def baseline_2d(config: TrainerConfig) -> Dict[str, Any]:
     field), averaged over the scales (no selection: the teacher alone cannot choose a scale),
     label = argmax over labels of cos(text, feature), upsampled nearest-neighbour to the
     eval resolution and scored with :func:`segmentation_metrics` against the same ground
-    truth the eval datamanager serves; ``miou``/``accuracy`` are means over views, as in
-    ``get_average_eval_image_metrics``.
+    truth the eval datamanager serves; ``miou``/``accuracy`` and the paper protocol's
+    ``miou_paper``/``accuracy_paper`` are means over views, as in ``get_average_eval_image_metrics``.
     """
     datamanager = config.pipeline.datamanager
     outputs = datamanager.dataparser.setup().get_dataparser_outputs(split="val")
@@ -516,11 +518,11 @@ def baseline_2d(config: TrainerConfig) -> Dict[str, Any]:
             predicted = (F.normalize(feature, dim=-1) @ text.T).argmax(dim=-1)
             predicted = F.interpolate(predicted[None, None].float(), size=tuple(truth.shape), mode="nearest")[0, 0]
             predicted = predicted.long().cpu()
-            per_view.append(segmentation_metrics(predicted, truth, len(labels)))
+            per_view.append({**segmentation_metrics(predicted, truth, len(labels)), **paper_metrics(predicted, truth, labels)})
             pairs.append((predicted, truth))
+    means = {key: float(np.mean([m[key] for m in per_view])) for key in ("miou", "accuracy", "miou_paper", "accuracy_paper")}
     return {
-        "miou": float(np.mean([m["miou"] for m in per_view])),
-        "accuracy": float(np.mean([m["accuracy"] for m in per_view])),
+        **means,
         "psnr": None,
         "num_views": len(per_view),
         "per_class_iou": _pooled_class_iou(pairs, labels),
