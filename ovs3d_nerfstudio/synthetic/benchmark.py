@@ -513,7 +513,7 @@ def baseline_2d(config: TrainerConfig) -> Dict[str, Any]:
             if truth is None:
                 continue
             pixels = images[index].permute(2, 0, 1).float().div(255.0).to(device)
-            pyramid = extract_pyramid(pixels, teacher, datamanager.pyramid, batch_size=datamanager.clip.batch_size)
+            pyramid = extract_pyramid(pixels, teacher, datamanager.pyramid, datamanager.clip.crops_per_batch(device))
             feature = torch.stack([pyramid.dense(s) for s in range(pyramid.num_scales)]).mean(dim=0).to(device)
             predicted = (F.normalize(feature, dim=-1) @ text.T).argmax(dim=-1)
             predicted = F.interpolate(predicted[None, None].float(), size=tuple(truth.shape), mode="nearest")[0, 0]
