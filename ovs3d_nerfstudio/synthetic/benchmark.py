@@ -453,9 +453,10 @@ def _confusions(pairs: Sequence[Tuple[Tensor, Tensor]], labels: Sequence[str]) -
     }
 
 
-def evaluate(trainer: Trainer) -> Dict[str, Any]:
+def evaluate(trainer: Trainer, on_view: Optional[Callable[[Tensor, Tensor], None]] = None) -> Dict[str, Any]:
     """``pipeline.get_average_eval_image_metrics()`` (what ``ns-eval`` reports) plus per-class
-    IoU and confusions from the same renders, captured at the model's metrics hook."""
+    IoU and confusions from the same renders, captured at the model's metrics hook.
+    ``on_view(predicted, truth)`` also sees each annotated view's label maps."""
     pipeline = trainer.pipeline
     model = pipeline.model
     pairs: List[Tuple[Tensor, Tensor]] = []
@@ -465,6 +466,8 @@ def evaluate(trainer: Trainer) -> Dict[str, Any]:
         result = metrics_hook(outputs, batch)
         if "gt_labels" in batch:
             pairs.append((outputs["class_probabilities"].argmax(dim=-1).cpu(), batch["gt_labels"].cpu()))
+            if on_view is not None:
+                on_view(*pairs[-1])
         return result
 
     model.get_image_metrics_and_images = capturing  # type: ignore[method-assign]
