@@ -35,6 +35,7 @@ from benchmarks.perf_training import PhaseMemory  # noqa: E402
 from ovs3d_nerfstudio.schedule import Phase  # noqa: E402
 from ovs3d_nerfstudio.synthetic.benchmark import (  # noqa: E402
     PROFILES,
+    Profile,
     build_config,
     code_version,
     load_average,
@@ -50,45 +51,54 @@ SETTINGS = (1, 8)
 SEGMENTATION = (Phase.SEGMENTATION_FROZEN.value, Phase.SEGMENTATION_JOINT.value)
 
 
-def worker(args: argparse.Namespace) -> Dict[str, Any]:
-    """One short training run with ``args.worker`` rays per token side, in this process."""
-    profile = PROFILES[args.profile]
-    if profile.torch_threads is not None:
-        torch.set_num_threads(profile.torch_threads)
-    scene = write_benchmark_scene(args.scene, args.workdir / "scene", 0, profile.width, profile.height, profile.num_views)
+def measure(
+    profile: Profile, scene: Path, workdir: Path, rays_per_token: int, steps: int, skip: int, reconstruction_steps: int
+) -> Dict[str, Any]:
+    """One short training run of ``profile`` on ``scene`` with ``rays_per_token`` rays per token
+    side: ms per step and peak memory of every phase it runs (``PhaseMemory``)."""
     overrides = {
-        "pipeline.model.schedule.reconstruction_steps": args.reconstruction_steps,
-        "pipeline.model.schedule.frozen_steps": args.steps,
-        "pipeline.model.schedule.joint_steps": args.steps,
-        "pipeline.datamanager.patch_rays_per_token": args.worker,
+        "pipeline.model.schedule.reconstruction_steps": reconstruction_steps,
+        "pipeline.model.schedule.frozen_steps": steps,
+        "pipeline.model.schedule.joint_steps": steps,
+        "pipeline.datamanager.patch_rays_per_token": rays_per_token,
     }
-    config = build_config(profile, overrides, scene, args.workdir, f"patch_rays_{args.worker}")
+    config = build_config(profile, overrides, scene, workdir, f"patch_rays_{rays_per_token}")
     config.logging.local_writer.enable = False
     datamanager = config.pipeline.datamanager
-    patch_rays = datamanager.num_patches * (datamanager.patch_tokens * args.worker) ** 2
+    patch_rays = datamanager.num_patches * (datamanager.patch_tokens * rays_per_token) ** 2
     monitors: List[PhaseMemory] = []
     run = train(config, before_train=lambda trainer: monitors.append(PhaseMemory(trainer)))
     monitors[0].stop()
-    summary = run.log.phase_summary(lambda phase: datamanager.train_num_rays_per_batch + patch_rays, skip=args.skip)
+    summary = run.log.phase_summary(lambda phase: datamanager.train_num_rays_per_batch + patch_rays, skip=skip)
     return {
-        "rays_per_token_side": args.worker,
+        "rays_per_token_side": rays_per_token,
         "patch_rays_per_step": patch_rays,
         "random_rays_per_step": datamanager.train_num_rays_per_batch,
+        "setup_seconds": run.setup_seconds,
         "phases": {
             phase: {
-                "ms_per_step": 1000.0 * summary[phase]["seconds_per_iteration"],
-                "timed_steps": summary[phase]["timed_iterations"],
+                "ms_per_step": 1000.0 * row["seconds_per_iteration"],
+                "iterations_per_second": row["iterations_per_second"],
+                "timed_steps": row["timed_iterations"],
                 "memory": monitors[0].peaks[phase],
             }
-            for phase in SEGMENTATION
+            for phase, row in summary.items()
         },
         "torch_threads": torch.get_num_threads(),
     }
 
 
+def worker(args: argparse.Namespace) -> Dict[str, Any]:
+    """One setting in this (fresh) process, on the scene the parent wrote."""
+    profile = PROFILES[args.profile]
+    if profile.torch_threads is not None:
+        torch.set_num_threads(profile.torch_threads)
+    return measure(profile, args.workdir / "scene", args.workdir, args.worker, args.steps, args.skip, args.reconstruction_steps)
+
+
 def run_setting(setting: int, args: argparse.Namespace) -> Dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(setting)]
-    for name in ("profile", "scene", "steps", "skip", "reconstruction_steps", "workdir"):
+    for name in ("profile", "steps", "skip", "reconstruction_steps", "workdir"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -123,7 +133,9 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    device = PROFILES[args.profile].overrides.get("machine.device_type", "cuda")
+    profile = PROFILES[args.profile]
+    device = profile.overrides.get("machine.device_type", "cuda")
+    write_benchmark_scene(args.scene, args.workdir / "scene", 0, profile.width, profile.height, profile.num_views)
     results: Dict[str, Any] = {
         "profile": args.profile,
         "scene": args.scene,

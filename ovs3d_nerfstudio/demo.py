@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 import time
 import warnings
@@ -67,12 +68,13 @@ class DemoConfig:
     """Explicit DINO ViT-B/8 checkpoint (otherwise the torch hub cache is searched)."""
     cache_dir: Optional[Path] = None
     """Feature cache shared by reruns (default: the user cache folder)."""
-    video_seconds: float = 4.0
+    video_seconds: float = 3.0
     """Length of the label video."""
-    video_frames: int = 32
+    video_frames: int = 24
     """Frames of the label video: one turn of the LLFF spiral around the mean training view."""
     video_height: int = 240
-    """Rendered height of the video's panels in pixels (at least the training images' height)."""
+    """Least height of the video's RGB and label panels in pixels: frames are rendered at the
+    training images' size and enlarged by a whole factor (nearest neighbour) to reach it."""
 
 
 def find_real_teachers(config: DemoConfig) -> Tuple[Optional[Dict[str, object]], str]:
@@ -124,10 +126,16 @@ def labels_shown(label_ids: Int[Tensor, "H W"], num_labels: int, min_fraction: f
 
 
 def video_frame(
-    rgb: Float[Tensor, "H W 3"], labels: Float[Tensor, "H W 3"], legend: UInt8[np.ndarray, "h w 3"]
+    rgb: Float[Tensor, "H W 3"], labels: Float[Tensor, "H W 3"], legend: UInt8[np.ndarray, "h w 3"], enlarge: int = 1
 ) -> UInt8[np.ndarray, "Hf Wf 3"]:
-    """RGB | label map | legend, side by side on white, padded to even sides (H.264 needs them)."""
-    panels = [(image.clamp(0.0, 1.0) * 255.0).round().byte().cpu().numpy() for image in (rgb, labels)] + [legend]
+    """RGB | label map | legend, side by side on white, padded to even sides (H.264 needs them).
+
+    RGB and labels are enlarged ``enlarge`` times by pixel repetition (label edges stay exact);
+    the legend keeps its size, its text is readable as it is."""
+    panels = [
+        (image.clamp(0.0, 1.0) * 255.0).round().byte().repeat_interleave(enlarge, 0).repeat_interleave(enlarge, 1).cpu().numpy()
+        for image in (rgb, labels)
+    ] + [legend]
     height = max(panel.shape[0] for panel in panels)
     width = sum(panel.shape[1] for panel in panels)
     frame = np.full((height + height % 2, width + width % 2, 3), 255, dtype=np.uint8)
@@ -152,7 +160,10 @@ class LabelVideo:
 
 def render_label_video(pipeline, run_dir: Path, seconds: float, frames: int, height: int) -> LabelVideo:
     """Writes the LLFF spiral of the training cameras as ``camera_path.json`` and renders it the way
-    ``ns-render camera-path`` reads it (nerfstudio's ``get_path_from_json``), RGB | labels | legend."""
+    ``ns-render camera-path`` reads it (nerfstudio's ``get_path_from_json``), RGB | labels | legend.
+
+    Frames are rendered at the training images' size (a CPU renders a few thousand rays per
+    second) and enlarged by the smallest whole factor that makes them ``height`` pixels tall."""
     import mediapy
     from nerfstudio.cameras.camera_paths import get_path_from_json
 
@@ -172,14 +183,14 @@ def render_label_video(pipeline, run_dir: Path, seconds: float, frames: int, hei
         kind="spiral",
         frames=frames,
         seconds=seconds,
-        render_scale=max(1.0, height / train_height),
         rotations=1.0,
     )
     camera_path = write_camera_path(path, run_dir / "camera_path.json")
     path_cameras = get_path_from_json(path).to(pipeline.device)
     legend = legend_image(model.display_labels, model.display_colours)
     labels_per_frame: List[int] = []
-    frames_out = _path_frames(model, path_cameras, legend, labels_per_frame)
+    enlarge = max(1, math.ceil(height / train_height))
+    frames_out = _path_frames(model, path_cameras, legend, enlarge, labels_per_frame)
     first = next(frames_out)
     output = run_dir / "labels.mp4"
     with mediapy.VideoWriter(output, shape=first.shape[:2], fps=len(path_cameras) / seconds) as writer:
@@ -188,12 +199,14 @@ def render_label_video(pipeline, run_dir: Path, seconds: float, frames: int, hei
     return LabelVideo(output, camera_path, (first.shape[1], first.shape[0]), labels_per_frame)
 
 
-def _path_frames(model, cameras, legend: UInt8[np.ndarray, "h w 3"], labels_per_frame: List[int]) -> Iterator[np.ndarray]:
+def _path_frames(
+    model, cameras, legend: UInt8[np.ndarray, "h w 3"], enlarge: int, labels_per_frame: List[int]
+) -> Iterator[np.ndarray]:
     """Renders each camera of a path into a video frame, noting how many labels it shows."""
     for index in range(len(cameras)):
         outputs = model.get_outputs_for_camera(cameras[index : index + 1])
         labels_per_frame.append(labels_shown(outputs["class_probabilities"].argmax(-1), len(model.display_labels)))
-        yield video_frame(outputs["rgb"], outputs["labels"], legend)
+        yield video_frame(outputs["rgb"], outputs["labels"], legend, enlarge)
 
 
 def run_demo(config: DemoConfig, profiles: Optional[Mapping[str, "Profile"]] = None) -> Dict[str, Path]:

@@ -57,7 +57,7 @@ class ExtractionCost:
 
     def announce(self, views: int, cached_views: int, crops_per_view: int, batch_size: int, device: str) -> None:
         self.echo(
-            f"ovs3d: Alg. 1 pixel CLIP features for {views} views ({cached_views} more already cached): "
+            f"ovs3d: Alg. 1 pixel CLIP features: {views} views to compute ({cached_views} found in the cache), "
             f"{self.total_crops:,} CLIP crops ({crops_per_view:,} per view), batches of {batch_size} on {device}."
         )
         self._started = self.clock()
