@@ -37,6 +37,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocati
 from nerfstudio.engine.trainer import Trainer
 
 from ovs3d_nerfstudio.schedule import Phase
+from ovs3d_nerfstudio.variants import resolve_options
 from ovs3d_nerfstudio.synthetic.benchmark import (
     PROFILES,
     build_config,
@@ -134,7 +135,10 @@ def main() -> None:
     config.logging.local_writer.enable = False
     datamanager = config.pipeline.datamanager
     random_rays = datamanager.train_num_rays_per_batch
-    patch_rays = datamanager.num_patches * (datamanager.patch_tokens * datamanager.patch_rays_per_token) ** 2
+    rays_per_token = resolve_options(
+        config.pipeline.model.variant, patch_rays_per_token=datamanager.patch_rays_per_token
+    ).patch_rays_per_token
+    patch_rays = datamanager.num_patches * (datamanager.patch_tokens * rays_per_token) ** 2
 
     def rendered_rays(phase: str) -> int:
         return random_rays + (patch_rays if phase != Phase.RECONSTRUCTION.value and config.pipeline.model.use_fda else 0)

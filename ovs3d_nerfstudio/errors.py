@@ -17,6 +17,10 @@ class UserFacingError(Exception):
     """An error whose message already says what is wrong and how to fix it."""
 
 
+class ConfigError(UserFacingError, ValueError):
+    """An option has a value that cannot work; the message names the flag and what it accepts."""
+
+
 def _print_user_errors(
     exc_type: Type[BaseException], exc: BaseException, traceback: Optional[TracebackType], fallback=sys.excepthook
 ) -> None:

@@ -1,4 +1,16 @@
-"""Segmentation metrics of the 3D-OVS protocol: per-view IoU per class, mIoU and accuracy."""
+"""Segmentation metrics: per-view IoU per class, mIoU and accuracy, in two protocols.
+
+* :func:`segmentation_metrics` (``miou``, ``accuracy``): per view, over the pixels some mask
+  covers, the IoU of every class that appears in that view's ground truth or prediction,
+  averaged; a class in neither is left out.
+* :func:`paper_metrics` (``miou_paper``, ``accuracy_paper``): what the official 3D-OVS
+  evaluation computes and the paper's tables report: sklearn's ``jaccard_score(gt_onehot,
+  pred_onehot, average=None)`` and ``accuracy_score`` per view, i.e. the IoU of *every* class
+  over *every* pixel, 0 for a class absent from both prediction and ground truth, and a pixel
+  no mask covers (an all-zero one-hot row) never counts as right.
+
+Both are per view; ns-eval (and the benchmark) average them over the views.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +21,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 IGNORE = -1
-"""Ground-truth value of pixels that no mask covers; they are left out of every metric."""
+"""Ground-truth value of pixels that no mask covers: left out of ``miou`` and ``accuracy``; the
+paper protocol counts them against whatever is predicted there."""
 
 
 def class_intersections_and_unions(
@@ -21,8 +34,12 @@ def class_intersections_and_unions(
     labelled = ground_truth != IGNORE
     if not bool(labelled.any()):
         raise ValueError("the ground-truth label map has no labelled pixel")
-    predicted = predicted[labelled].long()
-    ground_truth = ground_truth[labelled].long()
+    return _class_counts(predicted[labelled], ground_truth[labelled], num_classes)
+
+
+def _class_counts(predicted: Tensor, ground_truth: Tensor, num_classes: int) -> Tuple[Tensor, Tensor]:
+    """Per-class intersection and union counts over every given pixel (``IGNORE`` matches no class)."""
+    predicted, ground_truth = predicted.reshape(-1).long(), ground_truth.reshape(-1).long()
     classes = torch.arange(num_classes, device=predicted.device)
     predicted_onehot = predicted[None, :] == classes[:, None]
     truth_onehot = ground_truth[None, :] == classes[:, None]
@@ -44,6 +61,29 @@ def segmentation_metrics(
     labelled = ground_truth != IGNORE
     correct = (predicted[labelled].long() == ground_truth[labelled].long()).double().mean()
     return {"miou": float((intersection[union > 0] / union[union > 0]).mean()), "accuracy": float(correct)}
+
+
+def paper_class_iou(predicted: Int[Tensor, "H W"], ground_truth: Int[Tensor, "H W"], num_classes: int) -> Tensor:
+    """IoU of every class in one view over every pixel, as sklearn's ``jaccard_score(average=None)``
+    computes it on one-hot rows: 0 for a class in neither prediction nor ground truth (sklearn's
+    zero-division value), and ``IGNORE`` pixels count in the union of the class predicted there."""
+    if predicted.shape != ground_truth.shape:
+        raise ValueError(f"prediction {tuple(predicted.shape)} and ground truth {tuple(ground_truth.shape)} differ")
+    if predicted.numel() == 0:
+        raise ValueError("the view has no pixel")
+    intersection, union = _class_counts(predicted, ground_truth, num_classes)
+    return torch.where(union > 0, intersection / union.clamp_min(1), torch.zeros_like(union))
+
+
+def paper_metrics(predicted: Int[Tensor, "H W"], ground_truth: Int[Tensor, "H W"], labels: List[str]) -> Dict[str, float]:
+    """The official evaluation of one view: ``miou_paper`` (mean of :func:`paper_class_iou` over
+    all the scene's classes), ``accuracy_paper`` (fraction of *all* pixels predicted right, as
+    sklearn's ``accuracy_score`` on one-hot rows) and ``iou_paper/<label>`` per class."""
+    iou = paper_class_iou(predicted, ground_truth, len(labels))
+    correct = (predicted.reshape(-1).long() == ground_truth.reshape(-1).long()).double().mean()
+    metrics = {"miou_paper": float(iou.mean()), "accuracy_paper": float(correct)}
+    metrics.update({f"iou_paper/{label}": float(value) for label, value in zip(labels, iou)})
+    return metrics
 
 
 def class_count_metrics(predicted: Tensor, ground_truth: Tensor, labels: List[str]) -> Dict[str, float]:

@@ -26,7 +26,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from ovs3d_nerfstudio import losses
 from ovs3d_nerfstudio.data.patches import pool_patch_rays
-from ovs3d_nerfstudio.evaluation import class_count_metrics, segmentation_metrics
+from ovs3d_nerfstudio.evaluation import class_count_metrics, paper_metrics, segmentation_metrics
 from ovs3d_nerfstudio.field import APPEARANCE, SELECTION, ClipHead, Ovs3dField
 from ovs3d_nerfstudio.data.labels import validate_labels
 from ovs3d_nerfstudio.palette import colourize, palette
@@ -491,6 +491,7 @@ class Ovs3dModel(Model):
             ground_truth = batch["gt_labels"].to(self.device)
             metrics.update(segmentation_metrics(predicted, ground_truth, len(self.labels)))
             metrics.update(class_count_metrics(predicted, ground_truth, self.display_labels))
+            metrics.update(paper_metrics(predicted, ground_truth, self.display_labels))
             images["labels_overlay"] = outputs["labels_overlay"]
         return metrics, images
 

@@ -10,6 +10,7 @@ from torch.cuda.amp.grad_scaler import GradScaler
 
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 
+from ovs3d_nerfstudio.config_checks import check_pipeline_config
 from ovs3d_nerfstudio.evaluation import per_class_iou
 
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig
@@ -27,7 +28,9 @@ class Ovs3dPipelineConfig(VanillaPipelineConfig):
 class Ovs3dPipeline(VanillaPipeline):
     """Wires model options to the data side: ``--pipeline.model.labels`` overrides the labels
     file, the RDA/FDA switches decide whether relevancy maps and patches are prepared, and
-    the datamanager learns when segmentation starts (reconstruction batches skip targets)."""
+    the datamanager learns when segmentation starts (reconstruction batches skip targets).
+    Every ovs3d option is checked first (``config_checks``), so a bad value stops the run
+    with one line before data, teachers or model are built."""
 
     config: Ovs3dPipelineConfig
 
@@ -40,6 +43,7 @@ class Ovs3dPipeline(VanillaPipeline):
         local_rank: int = 0,
         grad_scaler: Optional[GradScaler] = None,
     ):
+        check_pipeline_config(config)
         if config.model.labels and hasattr(config.datamanager.dataparser, "labels"):
             config.datamanager.dataparser.labels = tuple(config.model.labels)
         config.datamanager.variant = config.model.variant

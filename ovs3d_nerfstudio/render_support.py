@@ -20,6 +20,8 @@ from ovs3d_nerfstudio.errors import UserFacingError
 from ovs3d_nerfstudio.features.cache import default_cache_dir
 
 if TYPE_CHECKING:
+    from nerfstudio.engine.trainer import TrainerConfig
+
     from ovs3d_nerfstudio.pipeline import Ovs3dPipeline
 
 _FFMPEG_NAME = "ffmpeg.exe" if os.name == "nt" else "ffmpeg"
@@ -65,18 +67,12 @@ def _link_ffmpeg(bundled: Path, folder: Path) -> Path:
     return folder
 
 
-def load_ovs3d_run(
-    config_path: Path, test_mode: Literal["test", "val", "inference"] = "inference"
-) -> "Ovs3dPipeline":
-    """Loads a trained ovs3d run's pipeline and latest checkpoint for our scripts.
-
-    A wrong path or another method's run raises one :class:`UserFacingError` before any
-    model is built. nerfstudio is imported here, not at module level, because this module
-    is imported while nerfstudio is still discovering its plugins.
-    """
+def load_ovs3d_config(config_path: Path) -> "TrainerConfig":
+    """Reads a trained ovs3d run's ``config.yml``; a wrong path or another method's run raises
+    one :class:`UserFacingError`. nerfstudio is imported here, not at module level, because this
+    module is imported while nerfstudio is still discovering its plugins."""
     import yaml
     from nerfstudio.engine.trainer import TrainerConfig
-    from nerfstudio.utils.eval_utils import eval_setup
 
     from ovs3d_nerfstudio.model import Ovs3dModelConfig
 
@@ -92,5 +88,16 @@ def load_ovs3d_run(
         raise UserFacingError(f"{config_path} is not a nerfstudio run config: {hint}.")
     if not isinstance(config.pipeline.model, Ovs3dModelConfig):
         raise UserFacingError(f"{config_path} is a '{config.method_name}' run, not an ovs3d run: {hint}.")
-    _, pipeline, _, _ = eval_setup(config_path, test_mode=test_mode)
+    return config
+
+
+def load_ovs3d_run(
+    config_path: Path, test_mode: Literal["test", "val", "inference"] = "inference"
+) -> "Ovs3dPipeline":
+    """Loads a trained ovs3d run's pipeline and latest checkpoint for our scripts, after
+    :func:`load_ovs3d_config` has checked the file (before any model is built)."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    load_ovs3d_config(config_path)
+    _, pipeline, _, _ = eval_setup(Path(config_path), test_mode=test_mode)
     return pipeline

@@ -12,11 +12,13 @@ from ovs3d_nerfstudio.features.clip_pyramid import (
     ClipFeatureStore,
     PixelClipPyramid,
     PyramidConfig,
+    count_windows,
     extract_pyramid,
     extract_pyramid_sequential,
     patch_geometry,
     window_boxes,
 )
+from ovs3d_nerfstudio.errors import ConfigError
 from ovs3d_nerfstudio.teachers.base import ClipTeacher
 
 
@@ -154,17 +156,20 @@ def test_batched_extraction_call_count(batch_size: int) -> None:
     assert max(teacher.batch_sizes) == min(batch_size, num_windows)
 
 
-def test_progress_wrapper_sees_every_batch() -> None:
-    seen = []
-
-    def progress(offsets):
-        for offset in offsets:
-            seen.append(offset)
-            yield offset
-
+def test_batch_callback_sees_every_batch_and_the_window_count_is_exact() -> None:
+    seen: List[int] = []
     teacher = LinearTeacher()
-    extract_pyramid(random_image(12, 12), teacher, PyramidConfig(), batch_size=10, progress=progress)
-    assert len(seen) == len(teacher.batch_sizes)
+    pyramid = extract_pyramid(random_image(12, 17), teacher, PyramidConfig(), batch_size=10, on_batch=seen.append)
+    assert seen == teacher.batch_sizes
+    assert sum(seen) == sum(b.shape[0] * b.shape[1] for b in pyramid.boxes) == count_windows(12, 17, PyramidConfig())
+
+
+def test_window_count_by_hand() -> None:
+    # 80x60, s/5: p = 12, stride 3; rows (60-12)//3+1 = 17 reach the edge exactly; columns
+    # (80-12)//3+1 = 23 end at 78, so one more flush with the edge: 17 x 24.
+    assert count_windows(60, 80, PyramidConfig(patch_fractions=(0.2,))) == 17 * 24
+    # A window as large as the image: one window.
+    assert count_windows(5, 5, PyramidConfig(patch_fractions=(1.0,))) == 1
 
 
 def test_seed_determinism() -> None:
@@ -188,9 +193,9 @@ def test_pyramid_tensor_round_trip() -> None:
 
 
 def test_config_rejects_bad_fractions() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="--pipeline.datamanager.pyramid.patch-fractions needs"):
         PyramidConfig(patch_fractions=())
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match=r"patch-fractions: 1.5 is outside \(0, 1\]"):
         PyramidConfig(patch_fractions=(1.5,))
 
 

@@ -73,6 +73,7 @@ def test_intrinsics_follow_resized_images(scene: Path):
         ({}, list(range(8)), list(MASK_VIEWS)),
         ({"eval_mode": "interval", "eval_interval": 4}, [1, 2, 3, 5, 6, 7], [0, 4]),
         ({"eval_mode": "all"}, list(range(8)), list(range(8))),
+        ({"eval_mode": "masks-held-out"}, [1, 2, 4, 6, 7], list(MASK_VIEWS)),
     ],
 )
 def test_splits(pristine: Path, options, train_views, eval_views):
@@ -92,6 +93,18 @@ def test_masks_mode_without_masks_evaluates_every_interval(scene: Path):
         shutil.rmtree(scene / "segmentations" / f"{view:02d}")
     assert parse(scene, "test", eval_interval=3).metadata["view_indices"] == [0, 3, 6]
     assert parse(scene, "train").metadata["view_indices"] == list(range(8))
+
+
+def test_held_out_masks_needs_masks_and_a_view_to_train_on(scene: Path):
+    for view in MASK_VIEWS:
+        shutil.rmtree(scene / "segmentations" / f"{view:02d}")
+    with pytest.raises(Ovs3dDataError, match="no ground-truth masks"):
+        parse(scene, "train", eval_mode="masks-held-out")
+    spec = tiny_scene_spec(seed=2)
+    spec.rig.num_views = 2
+    every_view_annotated = write_scene(spec, scene.parent / "annotated", mask_views=[0, 1])
+    with pytest.raises(Ovs3dDataError, match="no view to train on"):
+        parse(every_view_annotated, "train", eval_mode="masks-held-out")
 
 
 def test_labels_option_and_labels_file(scene: Path):

@@ -112,6 +112,12 @@ def test_ns_eval_reports_segmentation_metrics(trained_run: Path, tmp_path: Path)
     class_ious = {key: value for key, value in results.items() if key.startswith("iou/")}
     assert class_ious and all(0.0 <= value <= 1.0 for value in class_ious.values())
     assert not any(key.startswith(("intersection/", "union/")) for key in results)
+    # The paper's protocol beside it: every label has a per-view IoU in every view, so the mean
+    # over views of the per-view mean equals the mean over labels of the per-label means.
+    paper_ious = [value for key, value in results.items() if key.startswith("iou_paper/") and not key.endswith("_std")]
+    assert len(paper_ious) == len((trained_run.parents[3] / "scene" / "segmentations" / "classes.txt").read_text().splitlines())
+    assert abs(results["miou_paper"] - sum(paper_ious) / len(paper_ious)) < 1e-6
+    assert 0.0 <= results["accuracy_paper"] <= results["accuracy"] + 1e-9  # uncovered pixels count as wrong
     # Two views have masks: their predicted label maps and overlays are written.
     assert len(list(images.glob("eval_labels_0*.png"))) == 2
     assert len(list(images.glob("eval_labels_overlay_*.png"))) == 2

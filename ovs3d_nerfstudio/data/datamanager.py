@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from jaxtyping import UInt8
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
@@ -36,18 +36,27 @@ from nerfstudio.data.pixel_samplers import PixelSamplerConfig
 from nerfstudio.model_components.ray_generators import RayGenerator
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from ovs3d_nerfstudio.config_checks import datamanager_problems, raise_if_any
 from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
-from ovs3d_nerfstudio.data.patches import concat_ray_bundles, patch_ray_indices, sample_patch_origins
-from ovs3d_nerfstudio.errors import UserFacingError
+from ovs3d_nerfstudio.data.patches import (
+    check_patch_fits,
+    check_rays_per_token,
+    concat_ray_bundles,
+    patch_ray_indices,
+    sample_patch_origins,
+)
+from ovs3d_nerfstudio.errors import ConfigError, UserFacingError
 from ovs3d_nerfstudio.evaluation import IGNORE
 from ovs3d_nerfstudio.features.cache import FeatureCache
 from ovs3d_nerfstudio.features.clip_pyramid import (
     ClipFeatureStore,
     PixelClipPyramid,
     PyramidConfig,
+    count_windows,
     extract_pyramid,
     patch_geometry,
 )
+from ovs3d_nerfstudio.features.cost import ExtractionCost
 from ovs3d_nerfstudio.features.relevancy import normalized_relevancy_maps
 from ovs3d_nerfstudio.features.scale_purity import WINDOW_REACH, purity_selection, scale_purity
 from ovs3d_nerfstudio.teachers.base import ClipTeacher, DenseTeacher
@@ -113,8 +122,9 @@ class Ovs3dDataManagerConfig(VanillaDataManagerConfig):
     patch_downscale: int = 5
     """Patches come from the images downsampled by this factor (paper: 5)."""
     patch_rays_per_token: Optional[int] = None
-    """Variant option. Rendered rays per token side, averaged into the token: 8 renders every pixel of
-    the patch (paper), 1 one ray per token, 64x cheaper (official: the 8x8 rays are average-pooled)."""
+    """Variant option. Rendered rays per token side, averaged into the token: 1 renders one ray per
+    DINO token, 32x32 rays per 256 px patch (official: the 8x8 rays are average-pooled; the default);
+    up to the DINO stride (8 = every pixel of the patch, the paper's patches, 64x the rays)."""
     dino_tokens: Literal["cached", "on-the-fly"] = "cached"
     """DINO tokens of each view computed once and cropped per patch, or encoded per patch every step."""
     variant: tyro.conf.Suppress[str] = "default"
@@ -149,6 +159,7 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
                 f"{type(config.dataparser).__name__}: end the command with 'ovs3d-data --data <scene>' "
                 "(it also reads nerfstudio-format data with a labels.txt beside transforms.json)."
             )
+        raise_if_any(datamanager_problems(config))
         self.options = resolve_options(
             config.variant,
             clip_view_fraction=config.clip_view_fraction,
@@ -207,15 +218,8 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
             return
         outputs = self.train_dataparser_outputs
         factor = self.config.ray_downscale
+        cameras = self._downscaled_cameras(factor, "ray-downscale", "divides the image size")
         self.ray_images = load_downscaled_images(outputs.image_filenames, factor).to(self.device)
-        cameras: Cameras = outputs.cameras.to("cpu")
-        cameras.rescale_output_resolution(1.0 / factor)
-        height, width = self.ray_images.shape[1:3]
-        if int(cameras.height[0]) != height or int(cameras.width[0]) != width:
-            raise ValueError(
-                f"cameras at 1/{factor} are {int(cameras.width[0])}x{int(cameras.height[0])} but the images are "
-                f"{width}x{height}; use a --pipeline.datamanager.ray-downscale that divides the image size"
-            )
         self.train_ray_generator = RayGenerator(cameras.to(self.device))
         self.train_pixel_sampler = self.config.pixel_sampler.setup(num_rays_per_batch=self.config.train_num_rays_per_batch)
 
@@ -231,6 +235,20 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         if self.config.serve_selection_targets:
             self.selection_targets = self._selection_targets()
 
+    def _downscaled_cameras(self, factor: int, flag: str, advice: str) -> Cameras:
+        """The training cameras at 1/``factor``, checked to have the size of the box-filtered images
+        (``load_downscaled_images``) before any image is read."""
+        cameras: Cameras = self.train_dataparser_outputs.cameras.to("cpu")
+        width, height = int(cameras.width[0]), int(cameras.height[0])
+        cameras.rescale_output_resolution(1.0 / factor)
+        if (int(cameras.width[0]), int(cameras.height[0])) != (width // factor, height // factor):
+            raise ConfigError(
+                f"--pipeline.datamanager.{flag} {factor}: the {width}x{height} images at 1/{factor} are "
+                f"{width // factor}x{height // factor} px but the cameras {int(cameras.width[0])}x"
+                f"{int(cameras.height[0])}; use a factor that {advice}."
+            )
+        return cameras
+
     def _relevancy_maps(self) -> Tensor:
         """Eqs. 6-7 per view, scale and class at load time (official code): [Vc, Ns, C, H, W] fp16."""
         maps = []
@@ -245,6 +263,7 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         outputs = self.train_dataparser_outputs
         self.dino_teacher: DenseTeacher = self.config.dino.setup(device=str(self.device))
         stride = self.dino_teacher.stride
+        self.patch_cameras = self._downscaled_cameras(self.config.patch_downscale, "patch-downscale", "gives whole-pixel images")
         self.patch_images = load_downscaled_images(outputs.image_filenames, self.config.patch_downscale).to(self.device)
         self.dino_cache: Optional[Tensor] = None
         keep_tokens = self.config.serve_selection_targets or (self.config.serve_patches and self.config.dino_tokens == "cached")
@@ -256,11 +275,11 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
                 )
 
     def _setup_patches(self) -> None:
-        outputs = self.train_dataparser_outputs
-        self.patch_pixels = self.config.patch_tokens * self.dino_teacher.stride
-        cameras: Cameras = outputs.cameras.to("cpu")
-        cameras.rescale_output_resolution(1.0 / self.config.patch_downscale)
-        self.patch_ray_generator = RayGenerator(cameras.to(self.device))
+        stride = self.dino_teacher.stride
+        check_rays_per_token(self.options.patch_rays_per_token, stride)
+        self.patch_pixels = self.config.patch_tokens * stride
+        check_patch_fits(int(self.patch_cameras.height[0]), int(self.patch_cameras.width[0]), self.patch_pixels)
+        self.patch_ray_generator = RayGenerator(self.patch_cameras.to(self.device))
 
     def _selection_targets(self) -> Tensor:
         """DINO-purity target selection of every ray of every view, [V, Ns, H, W] fp16 (see
@@ -301,31 +320,63 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
             return self._encode_dino(crops).float().reshape(len(origins), tokens * tokens, -1)
 
     def load_clip_features(self, views: Tensor) -> ClipFeatureStore:
-        """Computes (or reads from the content-keyed cache) Alg. 1 features of ``views``."""
+        """Reads Alg. 1 features of ``views`` from the content-keyed cache, computing the missing ones.
+
+        Before computing, says how many crops that is and, after the first batch, how long it
+        will take (:class:`ExtractionCost`).
+        """
         cache = FeatureCache(self.config.cache_dir)
         teacher = self.clip_teacher
         settings = {"pyramid": list(self.config.pyramid.patch_fractions), "seed": self.config.pyramid.seed}
-        pyramids: List[PixelClipPyramid] = []
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=CONSOLE, transient=False) as progress:
-            task = progress.add_task("Pixel CLIP features (Alg. 1)", total=len(views))
-            for view in views.tolist():
-                image = self.ray_images[view].cpu()
-                key = cache.key(image, teacher.identity, settings)
-
-                def compute(image: UInt8[Tensor, "H W 3"] = image) -> Dict[str, Tensor]:
-                    pixels = image.permute(2, 0, 1).float().div(255.0).to(self.device)
-                    pyramid = extract_pyramid(pixels, teacher, self.config.pyramid, batch_size=self.config.clip.batch_size)
-                    return pyramid.to_tensors()
-
-                pyramids.append(PixelClipPyramid.from_tensors(cache.get_or_compute(key, compute)))
-                progress.advance(task)
-        store = ClipFeatureStore.from_pyramids(pyramids)
+        keys = [cache.key(self.ray_images[view].cpu(), teacher.identity, settings) for view in views.tolist()]
+        tensors: List[Optional[Dict[str, Tensor]]] = [cache.load(key) for key in keys]
+        missing = [index for index, found in enumerate(tensors) if found is None]
+        if missing:
+            self._compute_clip_features(views, keys, missing, tensors, cache, teacher, settings)
+        store = ClipFeatureStore.from_pyramids([PixelClipPyramid.from_tensors(t) for t in tensors])
         CONSOLE.print(
             f"ovs3d: CLIP window store for {len(views)} views: {store.nbytes() / 2**20:.2f} MiB "
             f"({store.nbytes() / max(len(views), 1) / 2**10:.1f} KiB per view), cache {cache.root}"
         )
         return store
+
+    def _compute_clip_features(
+        self,
+        views: Tensor,
+        keys: List[str],
+        missing: List[int],
+        tensors: List[Optional[Dict[str, Tensor]]],
+        cache: FeatureCache,
+        teacher: ClipTeacher,
+        settings: Dict,
+    ) -> None:
+        """Alg. 1 for the views at ``missing`` (positions in ``views``), with a progress bar over crops."""
+        height, width = self.ray_images.shape[1:3]
+        crops_per_view = count_windows(height, width, self.config.pyramid)
+        batch_size = self.config.clip.crops_per_batch(str(self.device))
+        cost = ExtractionCost(len(missing) * crops_per_view, str(self.device), CONSOLE.print)
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        cost.announce(len(missing), len(views) - len(missing), crops_per_view, batch_size, str(self.device))
+        with Progress(*columns, console=CONSOLE, transient=False) as progress:
+            task = progress.add_task("Pixel CLIP features (Alg. 1), crops", total=cost.total_crops)
+
+            def on_batch(crops: int) -> None:
+                progress.advance(task, crops)
+                cost.on_batch(crops)
+
+            for index in missing:
+                pixels = self.ray_images[int(views[index])].permute(2, 0, 1).float().div(255.0)
+
+                def compute(pixels: Tensor = pixels) -> Dict[str, Tensor]:
+                    return extract_pyramid(pixels, teacher, self.config.pyramid, batch_size, on_batch).to_tensors()
+
+                tensors[index] = cache.get_or_compute(keys[index], compute)
 
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
         self.train_count += 1
@@ -370,7 +421,7 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
 def clip_view_subset(num_views: int, fraction: float) -> Tensor:
     """Evenly spaced views that get CLIP features (at least one)."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"clip-view-fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"--pipeline.datamanager.clip-view-fraction {fraction}: must be in (0, 1] (1 = every view).")
     count = max(1, int(round(num_views * fraction)))
     return torch.from_numpy(np.unique(np.linspace(0, num_views - 1, count).round().astype(np.int64)))
 

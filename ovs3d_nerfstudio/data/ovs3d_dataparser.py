@@ -66,10 +66,11 @@ class Ovs3dDataParserConfig(DataParserConfig):
     """How to centre the poses (nerfstudio's camera_utils.auto_orient_and_center_poses)."""
     auto_scale_poses: bool = True
     """Scale the poses so that the largest camera coordinate is 1."""
-    eval_mode: Literal["masks", "interval", "all"] = "masks"
+    eval_mode: Literal["masks", "masks-held-out", "interval", "all"] = "masks"
     """How to split train and eval views.
     masks: views with ground-truth masks are the eval split; train uses ALL views, as 3D-OVS trains on every image.
     (Without any masks, eval takes every eval-interval-th view and train still uses all views.)
+    masks-held-out: views with masks are the eval split and are left out of training (a held-out score).
     interval: every eval-interval-th view is held out for eval.
     all: every view is in both splits."""
     eval_interval: int = 8
@@ -290,7 +291,8 @@ class Ovs3dDataParser(DataParser):
         )
 
     def _split_indices(self, split: str, num_views: int, mask_views: List[int]) -> List[int]:
-        """View indices of ``split``; 'masks' trains on every view and evaluates the annotated ones."""
+        """View indices of ``split``; 'masks' trains on every view and evaluates the annotated ones,
+        'masks-held-out' trains on the others."""
         if split not in ("train", "val", "test"):
             raise Ovs3dDataError(f"Unknown split '{split}'; expected train, val or test.")
         every = list(range(num_views))
@@ -300,6 +302,18 @@ class Ovs3dDataParser(DataParser):
             return every
         if mode == "interval":
             return interval if split != "train" else [i for i in every if i % self.config.eval_interval != 0]
+        if mode == "masks-held-out":
+            if not mask_views:
+                raise Ovs3dDataError(
+                    "eval-mode 'masks-held-out' holds the annotated views out of training, but the scene has no "
+                    "ground-truth masks (segmentations/<view index>/<label>.png). Add masks or use --eval-mode interval."
+                )
+            if len(mask_views) == num_views:
+                raise Ovs3dDataError(
+                    f"eval-mode 'masks-held-out' would leave no view to train on: all {num_views} views have masks. "
+                    "Use --eval-mode masks (train on every view) or --eval-mode interval."
+                )
+            return mask_views if split != "train" else [i for i in every if i not in set(mask_views)]
         if split == "train":
             return every
         if not mask_views:

@@ -15,16 +15,32 @@ from torch import Tensor
 
 from nerfstudio.cameras.rays import RayBundle
 
+from ovs3d_nerfstudio.errors import ConfigError
+
+
+def check_patch_fits(height: int, width: int, patch_pixels: int) -> None:
+    """A patch of ``patch_pixels`` must fit the images at the patch resolution."""
+    if patch_pixels > height or patch_pixels > width:
+        raise ConfigError(
+            f"FDA patches of {patch_pixels} px do not fit images of {width}x{height} px at the patch "
+            "resolution; lower --pipeline.datamanager.patch-tokens or --pipeline.datamanager.patch-downscale."
+        )
+
+
+def check_rays_per_token(rays_per_token: int, stride: int) -> None:
+    """A token cell of ``stride`` pixels renders between 1 and ``stride`` rays per side."""
+    if not 1 <= rays_per_token <= stride:
+        raise ConfigError(
+            f"--pipeline.datamanager.patch-rays-per-token {rays_per_token}: must be between 1 (one ray per DINO "
+            f"token, the official code) and the DINO stride {stride} (every pixel)."
+        )
+
 
 def sample_patch_origins(
     num_patches: int, num_views: int, height: int, width: int, patch_pixels: int, stride: int, device
 ) -> Int[Tensor, "P 3"]:
     """Random (view, y0, x0) with patches inside the image and y0, x0 on the token grid."""
-    if patch_pixels > height or patch_pixels > width:
-        raise ValueError(
-            f"FDA patches of {patch_pixels} px do not fit images of {width}x{height} px at the patch "
-            "resolution; lower --pipeline.datamanager.patch-tokens or --pipeline.datamanager.patch-downscale"
-        )
+    check_patch_fits(height, width, patch_pixels)
     views = torch.randint(0, num_views, (num_patches,), device=device)
     y0 = torch.randint(0, (height - patch_pixels) // stride + 1, (num_patches,), device=device) * stride
     x0 = torch.randint(0, (width - patch_pixels) // stride + 1, (num_patches,), device=device) * stride
@@ -33,8 +49,7 @@ def sample_patch_origins(
 
 def patch_ray_indices(origins: Int[Tensor, "P 3"], tokens: int, stride: int, rays_per_token: int) -> Int[Tensor, "R 3"]:
     """Pixel indices (view, y, x) of every ray of every patch, ordered [P, tokens, tokens, k, k]."""
-    if not 1 <= rays_per_token <= stride:
-        raise ValueError(f"rays per token side must be in [1, {stride}], got {rays_per_token}")
+    check_rays_per_token(rays_per_token, stride)
     device = origins.device
     # k evenly spaced offsets inside a stride-wide cell, centred (k = stride gives every pixel).
     offsets = (torch.arange(rays_per_token, device=device) * stride + stride // 2) // rays_per_token

@@ -20,16 +20,17 @@ which is Alg. 1's accumulate-then-divide, term for term.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from ovs3d_nerfstudio.errors import ConfigError
 from ovs3d_nerfstudio.teachers.base import ClipTeacher
 
-ProgressWrapper = Callable[[Sequence[int]], Iterable[int]]
-"""Wraps the sequence of batch offsets to report progress, e.g. ``lambda it: tqdm(it, desc="CLIP")``."""
+BatchCallback = Callable[[int], None]
+"""Called after each encoder call with the number of crops it encoded (progress, cost estimates)."""
 
 
 @dataclass
@@ -43,11 +44,16 @@ class PyramidConfig:
     """Seed of the random window enlargement, so that re-extraction gives identical features."""
 
     def __post_init__(self) -> None:
+        # Runs while the command line is parsed, so a bad value stops before anything starts.
+        flag = "--pipeline.datamanager.pyramid.patch-fractions"
         if not self.patch_fractions:
-            raise ValueError("PyramidConfig.patch_fractions needs at least one scale.")
+            raise ConfigError(f"{flag} needs at least one window side (the paper: 0.2 0.142857 0.1).")
         for fraction in self.patch_fractions:
             if not 0.0 < fraction <= 1.0:
-                raise ValueError(f"Patch fraction {fraction} is outside (0, 1].")
+                raise ConfigError(
+                    f"{flag}: {fraction} is outside (0, 1]; each entry is a window side as a fraction of the "
+                    "short image side (the paper: 0.2 0.142857 0.1)."
+                )
 
 
 def patch_geometry(height: int, width: int, fraction: float) -> Tuple[int, int]:
@@ -99,6 +105,17 @@ def window_boxes(
     x1 = (grid_x + patch_size + jitter[..., 2]).clamp(max=width)
     y1 = (grid_y + patch_size + jitter[..., 3]).clamp(max=height)
     return torch.stack([x0, y0, x1, y1], dim=-1).to(torch.int32)
+
+
+def count_windows(height: int, width: int, config: PyramidConfig) -> int:
+    """Number of Alg. 1 windows (one CLIP crop each) of an image, without drawing them."""
+    total = 0
+    for fraction in config.patch_fractions:
+        patch_size, stride = patch_geometry(height, width, fraction)
+        rows, extra_row = _axis_layout(height, patch_size, stride)
+        columns, extra_column = _axis_layout(width, patch_size, stride)
+        total += (rows + extra_row) * (columns + extra_column)
+    return total
 
 
 def _pyramid_windows(height: int, width: int, config: PyramidConfig) -> List[Tuple[int, int, Tensor]]:
@@ -211,7 +228,7 @@ def extract_pyramid(
     teacher: ClipTeacher,
     config: PyramidConfig,
     batch_size: int = 64,
-    progress: Optional[ProgressWrapper] = None,
+    on_batch: Optional[BatchCallback] = None,
 ) -> PixelClipPyramid:
     """Alg. 1 for one image, batched: ``ceil(#windows / batch_size)`` encoder calls in all.
 
@@ -222,11 +239,12 @@ def extract_pyramid(
     _, height, width = image.shape
     windows = _pyramid_windows(height, width, config)
     all_boxes = torch.cat([boxes.reshape(-1, 4) for _, _, boxes in windows]).tolist()
-    offsets = range(0, len(all_boxes), batch_size)
     encoded = []
-    for offset in progress(offsets) if progress is not None else offsets:
+    for offset in range(0, len(all_boxes), batch_size):
         crops = [image[:, y0:y1, x0:x1] for x0, y0, x1, y1 in all_boxes[offset : offset + batch_size]]
         encoded.append(teacher.encode_crops(crops).to("cpu", torch.float16))
+        if on_batch is not None:
+            on_batch(len(crops))
     flat = torch.cat(encoded)
     sizes = [boxes.shape[0] * boxes.shape[1] for _, _, boxes in windows]
     embeddings = [

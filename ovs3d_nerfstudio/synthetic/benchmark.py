@@ -54,7 +54,7 @@ from nerfstudio.utils import writer
 
 from ovs3d_nerfstudio.config import ovs3d_method
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataset, load_downscaled_images
-from ovs3d_nerfstudio.evaluation import IGNORE, segmentation_metrics
+from ovs3d_nerfstudio.evaluation import IGNORE, paper_metrics, segmentation_metrics
 from ovs3d_nerfstudio.features.clip_pyramid import extract_pyramid
 from ovs3d_nerfstudio.features.relevancy import normalized_relevancy_maps
 from ovs3d_nerfstudio.schedule import TRAINABLE, Phase
@@ -458,9 +458,10 @@ def _confusions(pairs: Sequence[Tuple[Tensor, Tensor]], labels: Sequence[str]) -
     }
 
 
-def evaluate(trainer: Trainer) -> Dict[str, Any]:
+def evaluate(trainer: Trainer, on_view: Optional[Callable[[Tensor, Tensor], None]] = None) -> Dict[str, Any]:
     """``pipeline.get_average_eval_image_metrics()`` (what ``ns-eval`` reports) plus per-class
-    IoU and confusions from the same renders, captured at the model's metrics hook."""
+    IoU and confusions from the same renders, captured at the model's metrics hook.
+    ``on_view(predicted, truth)`` also sees each annotated view's label maps."""
     pipeline = trainer.pipeline
     model = pipeline.model
     pairs: List[Tuple[Tensor, Tensor]] = []
@@ -470,6 +471,8 @@ def evaluate(trainer: Trainer) -> Dict[str, Any]:
         result = metrics_hook(outputs, batch)
         if "gt_labels" in batch:
             pairs.append((outputs["class_probabilities"].argmax(dim=-1).cpu(), batch["gt_labels"].cpu()))
+            if on_view is not None:
+                on_view(*pairs[-1])
         return result
 
     model.get_image_metrics_and_images = capturing  # type: ignore[method-assign]
@@ -482,6 +485,8 @@ def evaluate(trainer: Trainer) -> Dict[str, Any]:
     return {
         "miou": metrics["miou"],
         "accuracy": metrics["accuracy"],
+        "miou_paper": metrics["miou_paper"],
+        "accuracy_paper": metrics["accuracy_paper"],
         "psnr": metrics["psnr"],
         "num_views": len(pairs),
         "per_class_iou": _pooled_class_iou(pairs, labels),
@@ -500,7 +505,8 @@ def baseline_2d(config: TrainerConfig, normalized_relevancy: bool = False) -> Di
     normalised relevancy of Eq. 7 averaged over the scales, i.e. what RDA's target alone
     labels. Upsampled nearest-neighbour to the eval resolution and scored with
     :func:`segmentation_metrics` against the same ground truth the eval datamanager serves;
-    ``miou``/``accuracy`` are means over views, as in ``get_average_eval_image_metrics``.
+    ``miou``/``accuracy`` and the paper protocol's ``miou_paper``/``accuracy_paper`` are
+    means over views, as in ``get_average_eval_image_metrics``.
     """
     datamanager = config.pipeline.datamanager
     outputs = datamanager.dataparser.setup().get_dataparser_outputs(split="val")
@@ -518,7 +524,7 @@ def baseline_2d(config: TrainerConfig, normalized_relevancy: bool = False) -> Di
             if truth is None:
                 continue
             pixels = images[index].permute(2, 0, 1).float().div(255.0).to(device)
-            pyramid = extract_pyramid(pixels, teacher, datamanager.pyramid, batch_size=datamanager.clip.batch_size)
+            pyramid = extract_pyramid(pixels, teacher, datamanager.pyramid, datamanager.clip.crops_per_batch(device))
             features = torch.stack([pyramid.dense(s) for s in range(pyramid.num_scales)]).to(device)
             if normalized_relevancy:
                 predicted = normalized_relevancy_maps(features, text).mean(dim=0).argmax(dim=0)
@@ -526,11 +532,11 @@ def baseline_2d(config: TrainerConfig, normalized_relevancy: bool = False) -> Di
                 predicted = (F.normalize(features.mean(dim=0), dim=-1) @ text.T).argmax(dim=-1)
             predicted = F.interpolate(predicted[None, None].float(), size=tuple(truth.shape), mode="nearest")[0, 0]
             predicted = predicted.long().cpu()
-            per_view.append(segmentation_metrics(predicted, truth, len(labels)))
+            per_view.append({**segmentation_metrics(predicted, truth, len(labels)), **paper_metrics(predicted, truth, labels)})
             pairs.append((predicted, truth))
+    means = {key: float(np.mean([m[key] for m in per_view])) for key in ("miou", "accuracy", "miou_paper", "accuracy_paper")}
     return {
-        "miou": float(np.mean([m["miou"] for m in per_view])),
-        "accuracy": float(np.mean([m["accuracy"] for m in per_view])),
+        **means,
         "psnr": None,
         "num_views": len(per_view),
         "per_class_iou": _pooled_class_iou(pairs, labels),

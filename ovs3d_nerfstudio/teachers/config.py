@@ -10,6 +10,11 @@ from typing import Optional
 
 from ovs3d_nerfstudio.teachers.base import ClipTeacher, DenseTeacher, TeacherError, build_from_import_path
 
+CPU_CROPS_PER_BATCH = 64
+"""On a CPU a ViT-B/16 crop is compute-bound at batch size 1 already (docs/benchmarks.md 2.1)."""
+CUDA_CROPS_PER_BATCH = 512
+"""On a GPU, in fp16: ~2 GB of activations for ViT-B/16, enough crops to keep the device busy."""
+
 
 def _unknown_source(kind: str, source: str, builtin: str) -> TeacherError:
     return TeacherError(
@@ -32,8 +37,14 @@ class ClipTeacherConfig:
     """Local checkpoint file; takes precedence over the caches (the tag still sets preprocessing)."""
     model_config_path: Optional[Path] = None
     """open_clip architecture JSON to register, for custom architectures (its file stem is the model name)."""
-    batch_size: int = 64
-    """Crops per image-encoder call."""
+    batch_size: Optional[int] = None
+    """Crops per image-encoder call; None: 512 on CUDA (fp16), 64 on a CPU."""
+
+    def crops_per_batch(self, device: str) -> int:
+        """``batch_size``, or the device's default: a GPU needs large batches to be kept busy."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return CUDA_CROPS_PER_BATCH if str(device).startswith("cuda") else CPU_CROPS_PER_BATCH
 
     def setup(self, device: str = "cpu") -> ClipTeacher:
         """Builds the teacher; raises :class:`TeacherError` with the fix when it cannot."""
@@ -45,7 +56,7 @@ class ClipTeacherConfig:
                 pretrained=self.pretrained,
                 weights_path=self.weights_path,
                 model_config_path=self.model_config_path,
-                batch_size=self.batch_size,
+                batch_size=self.crops_per_batch(device),
                 device=device,
             )
         if ":" not in self.source:

@@ -253,13 +253,20 @@ class OpenClipTeacher:
 
     @torch.no_grad()
     def encode_crops(self, crops: Sequence[Float[Tensor, "3 h w"]]) -> Float[Tensor, "B D"]:
-        """Embeds RGB crops in [0, 1] of any sizes; returns float32 on the teacher's device."""
+        """Embeds RGB crops in [0, 1] of any sizes; returns float32 on the teacher's device.
+
+        On CUDA the image encoder runs under fp16 autocast (matrix products in half precision,
+        normalisations in float32): the embeddings differ from float32 ones by about the fp16
+        rounding the feature cache applies to them anyway, so the teacher's identity (and the
+        cache key) does not depend on the device.
+        """
         if len(crops) == 0:
             return torch.empty((0, self.embed_dim), device=self.device)
         embeddings = []
         for start in range(0, len(crops), self.batch_size):
             images = self.preprocess(crops[start : start + self.batch_size])
-            embeddings.append(self.model.encode_image(images).float())
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+                embeddings.append(self.model.encode_image(images).float())
         return torch.cat(embeddings)
 
     @torch.no_grad()
