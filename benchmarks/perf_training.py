@@ -37,7 +37,6 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocati
 from nerfstudio.engine.trainer import Trainer
 
 from ovs3d_nerfstudio.schedule import Phase
-from ovs3d_nerfstudio.variants import resolve_options
 from ovs3d_nerfstudio.synthetic.benchmark import (
     PROFILES,
     build_config,
@@ -47,6 +46,7 @@ from ovs3d_nerfstudio.synthetic.benchmark import (
     write_results,
 )
 from ovs3d_nerfstudio.synthetic.scenes import write_benchmark_scene
+from ovs3d_nerfstudio.variants import resolve_options
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 

@@ -107,20 +107,6 @@ def segmentation_logits(
     return F.normalize(rendered, dim=-1, eps=FEATURE_EPS) @ F.normalize(text, dim=-1, eps=FEATURE_EPS).T
 
 
-def standardized_logits(logits: Float[Tensor, "*batch C"], eps: float = 1e-4) -> Float[Tensor, "*batch C"]:
-    """Each ray's logits shifted to zero mean and scaled to unit standard deviation over the classes.
-
-    Not in the paper. FDA sharpens ``z / tau`` (Eq. 10), which is only sharp when the logits
-    are spread apart; CLIP's class cosines differ by hundredths, so ``softmax(z / 0.2)`` is
-    nearly uniform, and flattening every ray further (moving the features away from all class
-    differences) lowers both halves of Eq. 14. On standardised logits that escape does not
-    exist: FDA can only change which classes a ray prefers, not how sharply. ``eps`` (in logit
-    units) keeps a ray whose classes all score the same finite.
-    """
-    centred = logits - logits.mean(dim=-1, keepdim=True)
-    return centred / torch.sqrt(centred.square().mean(dim=-1, keepdim=True) + eps * eps)
-
-
 def dot_product_logits(
     rendered: Float[Tensor, "*batch D"],
     text: Float[Tensor, "C D"],
@@ -177,16 +163,23 @@ def selected_relevancy(
 def rda_loss(
     logits: Float[Tensor, "R C"],
     selected_relevancy: Float[Tensor, "R C"],
+    temperature: float = 1.0,
 ) -> Float[Tensor, ""]:
-    """Relevancy-Distribution Alignment, Eqs. 5 and 8: ``mean_r JS(softmax(z) || softmax(R_bar))``.
+    """Relevancy-Distribution Alignment, Eqs. 5 and 8: ``mean_r JS(softmax(z) || softmax(R_bar / t))``.
 
     P(r) = softmax(z(r)) (Eq. 5) is pulled towards the softmax over classes of the
     spatially normalised relevancy, so a class that is relatively most relevant at a pixel
     wins even where another class has the larger absolute CLIP score (Fig. 2). JS rather
     than KL because it is symmetric and bounded. Averaged over rays (paper: sum), as in
     the official code.
+
+    The paper's target is ``softmax(R_bar)`` (``temperature`` 1). R_bar lies in [0, 1], so
+    that target can prefer its best class at most e-fold over any other: a pixel whose object
+    relevancy is 1.0 and background relevancy 0.8 gets a target of 0.29 vs 0.24. A temperature
+    below 1 sharpens it the way Eq. 10 sharpens FDA's distributions (not in the paper).
     """
-    return js_divergence(torch.softmax(logits, dim=-1), torch.softmax(selected_relevancy, dim=-1)).mean()
+    target = torch.softmax(selected_relevancy / temperature, dim=-1)
+    return js_divergence(torch.softmax(logits, dim=-1), target).mean()
 
 
 def dino_correlation(tokens: Float[Tensor, "P N Cd"]) -> Float[Tensor, "P N N"]:

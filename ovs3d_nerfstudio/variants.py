@@ -34,8 +34,10 @@ class VariantOptions:
     selection_training: Literal["supervision", "dino-purity"] = "supervision"
     """What trains the selection volume: Eq. 3's gradient (paper and official) or a target from DINO
     of the scale whose windows stay on the object (beyond both)."""
-    fda_logits: Literal["cosine", "standardized"] = "cosine"
-    """Logits FDA sharpens: Eq. 4's cosines (paper and official) or cosines standardised per ray (beyond both)."""
+    rda_temperature: float = 1.0
+    """Temperature of RDA's target softmax(R_bar / t): 1 (paper and official) or sharper (beyond both)."""
+    fda_logits: Literal["cosine", "dot"] = "cosine"
+    """Logits FDA sharpens: Eq. 4's cosines (paper and official) or RDA's dot products (beyond both)."""
 
 
 VARIANTS: Dict[str, VariantOptions] = {
@@ -60,7 +62,7 @@ VARIANTS["default"] = VARIANTS["official"]
 """Chosen by measurement over the public benchmark scenes (docs/benchmarks.md)."""
 
 OPTION_NAMES = tuple(field.name for field in fields(VariantOptions))
-BEYOND_PAPER = ("selection_training", "fda_logits")
+BEYOND_PAPER = ("selection_training", "rda_temperature", "fda_logits")
 """Options where paper and official code agree and only this project's default departs."""
 
 

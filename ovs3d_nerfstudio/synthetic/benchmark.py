@@ -58,6 +58,7 @@ from ovs3d_nerfstudio.evaluation import IGNORE, paper_metrics, segmentation_metr
 from ovs3d_nerfstudio.features.clip_pyramid import extract_pyramid
 from ovs3d_nerfstudio.features.relevancy import normalized_relevancy_maps
 from ovs3d_nerfstudio.schedule import TRAINABLE, Phase
+from ovs3d_nerfstudio.synthetic.diagnostics import diagnose, ray_resolution_miou
 from ovs3d_nerfstudio.synthetic.scenes import write_benchmark_scene
 
 SYNTHETIC_CLIP = "ovs3d_nerfstudio.synthetic.teachers:synthetic_clip"
@@ -92,6 +93,8 @@ class Profile:
     """Views per scene (3D-OVS: 20-30)."""
     torch_threads: Optional[int] = None
     """torch intra-op threads for the whole run (None: torch's default)."""
+    curve_every: int = 100
+    """Segmentation steps between two points of each row's learning curve."""
 
     def steps(self) -> Tuple[int, int, int]:
         """(reconstruction, frozen, joint) steps after the overrides."""
@@ -421,6 +424,20 @@ def train(config: TrainerConfig, resume: Optional[Path] = None, before_train: Op
     return TrainedRun(trainer, log, setup_seconds, train_seconds)
 
 
+def record_curve(trainer: Trainer, every: int, curve: List[Tuple[int, float]]) -> None:
+    """Appends (segmentation step, ray-resolution mIoU) to ``curve`` every ``every`` segmentation
+    steps and after the last one: a learning curve that shows whether a row has flattened."""
+    pipeline = trainer.pipeline
+    schedule = pipeline.model.config.schedule
+    start, end = schedule.reconstruction_steps, schedule.total_steps - 1
+
+    def point(step: int) -> None:
+        if step >= start and ((step - start) % every == 0 or step == end):
+            curve.append((step - start, round(ray_resolution_miou(pipeline.model, pipeline.datamanager), 4)))
+
+    trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], point))
+
+
 def final_checkpoint(trainer: Trainer) -> Path:
     """The checkpoint ``Trainer`` saved at the end of training."""
     return trainer.checkpoint_dir / f"step-{trainer.step:09d}.ckpt"
@@ -703,14 +720,20 @@ def run_benchmark(
         echo(f"[{scene_name}/{profile.name}] {name}: segmentation stage ({frozen_steps} + {joint_steps} steps)")
         config = build_config(profile, METHODS[name], scene, workdir, name)
         config.max_num_iterations = frozen_steps + joint_steps  # the steps after the shared reconstruction
-        run = train(config, resume=checkpoint)
+        curve: List[Tuple[int, float]] = []
+        run = train(config, resume=checkpoint, before_train=lambda trainer: record_curve(trainer, profile.curve_every, curve))
         metrics = evaluate(run.trainer)
+        start = time.perf_counter()
+        diagnostics = diagnose(run.trainer.pipeline.model, run.trainer.pipeline.datamanager)
         result["rows"][name] = {
             **metrics,
             "setup_seconds": run.setup_seconds,
             "train_seconds": run.train_seconds,
+            "diagnostics_seconds": time.perf_counter() - start,
             "config": str(config.get_base_dir() / "config.yml"),
             "loss_curve": run.log.loss_curve(max(1, (frozen_steps + joint_steps) // 20)),
+            "miou_curve": curve,
+            "diagnostics": diagnostics,
         }
         result["commands"][name] = method_command(profile, name, scene)
         del run
