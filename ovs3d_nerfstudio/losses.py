@@ -163,9 +163,9 @@ def selected_relevancy(
 def rda_loss(
     logits: Float[Tensor, "R C"],
     selected_relevancy: Float[Tensor, "R C"],
-    temperature: float = 1.0,
+    sharpening: Optional[float] = None,
 ) -> Float[Tensor, ""]:
-    """Relevancy-Distribution Alignment, Eqs. 5 and 8: ``mean_r JS(softmax(z) || softmax(R_bar / t))``.
+    """Relevancy-Distribution Alignment, Eqs. 5 and 8: ``mean_r JS(softmax(z) || softmax(R_bar))``.
 
     P(r) = softmax(z(r)) (Eq. 5) is pulled towards the softmax over classes of the
     spatially normalised relevancy, so a class that is relatively most relevant at a pixel
@@ -173,13 +173,15 @@ def rda_loss(
     than KL because it is symmetric and bounded. Averaged over rays (paper: sum), as in
     the official code.
 
-    The paper's target is ``softmax(R_bar)`` (``temperature`` 1). R_bar lies in [0, 1], so
-    that target can prefer its best class at most e-fold over any other: a pixel whose object
-    relevancy is 1.0 and background relevancy 0.8 gets a target of 0.29 vs 0.24. A temperature
-    below 1 sharpens it the way Eq. 10 sharpens FDA's distributions (not in the paper).
+    ``sharpening`` (not in the paper) is a temperature tau applied to the target the way
+    Eq. 10 applies it to FDA's logits: R_bar lies in [0, 1], half the range of the cosines
+    Eq. 10 sharpens, so it is first mapped onto [-1, 1], giving ``softmax((2 R_bar - 1) / tau)
+    = softmax(R_bar / (tau / 2))``. As printed (None) the target prefers its best class at
+    most e-fold over any other: a pixel whose object relevancy is 1.0 and background
+    relevancy 0.8 gets 0.29 vs 0.24, too weak to move a label.
     """
-    target = torch.softmax(selected_relevancy / temperature, dim=-1)
-    return js_divergence(torch.softmax(logits, dim=-1), target).mean()
+    target = selected_relevancy if sharpening is None else (2.0 * selected_relevancy - 1.0) / sharpening
+    return js_divergence(torch.softmax(logits, dim=-1), torch.softmax(target, dim=-1)).mean()
 
 
 def dino_correlation(tokens: Float[Tensor, "P N Cd"]) -> Float[Tensor, "P N N"]:

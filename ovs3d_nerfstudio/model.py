@@ -70,22 +70,21 @@ class Ovs3dModelConfig(ModelConfig):
     rda_logits: Optional[Literal["cosine", "dot"]] = None
     """Variant option. P(r) of RDA from Eq. 4's cosines (paper), or from the unnormalised rendered
     feature's dot products with the unit text features (official: the feature norm sharpens P)."""
-    rda_temperature: Optional[float] = None
-    """Variant option. Temperature of RDA's target, softmax(R_bar / t): 1 as printed (paper and
-    official); below 1 sharpens it like Eq. 10 sharpens FDA's distributions (not in the paper)."""
+    rda_target: Optional[Literal["softmax", "sharpened"]] = None
+    """Variant option. RDA's target: softmax(R_bar) as printed (paper and official), or sharpened with
+    Eq. 10's tau (--pipeline.model.fda-temperature) after mapping R_bar from [0, 1] onto the cosines'
+    [-1, 1]: softmax((2 R_bar - 1) / tau) (not in the paper; the printed target can prefer a class at
+    most e-fold, too weak to move a label)."""
     use_fda: bool = True
     """Feature-Distribution Alignment loss (Eqs. 9-14); False is the 'w/o FDA' ablation (Table 2)."""
+    fda_start: Literal["frozen", "joint"] = "frozen"
+    """Segmentation phase from which FDA is applied (paper and official: from the first segmentation step)."""
     fda_lambda_pos: float = 200.0
     """Weight of the similar-DINO-feature part of FDA (lambda_pos, Eq. 14)."""
     fda_lambda_neg: float = 0.2
     """Weight of the dissimilar part (lambda_neg; the paper uses 0.18-0.22 on some scenes)."""
     fda_divergence: Optional[Literal["js", "kl"]] = None
     """Variant option. Corr_D of FDA: Eq. 11's Jensen-Shannon (paper) or KL(P'_hw || P'_ij) (official)."""
-    fda_logits: Optional[Literal["cosine", "dot"]] = None
-    """Variant option. Logits that FDA sharpens by tau (Eq. 10): Eq. 4's cosines (paper and official),
-    or the unnormalised dot products RDA's P(r) uses with --pipeline.model.rda-logits dot (not in the
-    paper): CLIP's class cosines differ by hundredths, so softmax(cos / 0.2) is nearly uniform and
-    FDA can lower its loss by flattening it; the dot products carry the sharpness RDA trains."""
     fda_rebalance: bool = True
     """False uses lambda_pos for both parts: the 'w/o re-balancing' ablation (Table 2)."""
     fda_temperature: float = 0.2
@@ -180,9 +179,8 @@ class Ovs3dModel(Model):
             fda_divergence=self.config.fda_divergence,
             normalize_scale_targets=self.config.normalize_scale_targets,
             selection_activation=self.config.selection_activation,
-            fda_logits=self.config.fda_logits,
             selection_training=self.config.selection_training,
-            rda_temperature=self.config.rda_temperature,
+            rda_target=self.config.rda_target,
         )
         self.labels: List[str] = list(self.kwargs["metadata"]["labels"])
         metadata = self.kwargs["metadata"]
@@ -458,10 +456,10 @@ class Ovs3dModel(Model):
                 if self.options.rda_logits == "cosine"
                 else losses.dot_product_logits(outputs["clip"][:num_rays], self.text_features)
             )
-            loss_dict["rda"] = self.config.rda_loss_mult * losses.rda_loss(
-                logits, relevancy, temperature=self.options.rda_temperature
-            )
-        if self.config.use_fda and "dino_tokens" in batch:
+            sharpening = self.config.fda_temperature if self.options.rda_target == "sharpened" else None
+            loss_dict["rda"] = self.config.rda_loss_mult * losses.rda_loss(logits, relevancy, sharpening)
+        fda_on = phase is Phase.SEGMENTATION_JOINT or self.config.fda_start == "frozen"
+        if self.config.use_fda and fda_on and "dino_tokens" in batch:
             loss_dict["fda_pos"], loss_dict["fda_neg"] = self.fda_terms(outputs["clip"][num_rays:], batch["dino_tokens"])
         return loss_dict
 
@@ -469,10 +467,7 @@ class Ovs3dModel(Model):
         """Pools the patch rays to DINO's token grid and evaluates Eq. 14's two parts."""
         num_patches, num_tokens = dino_tokens.shape[:2]
         pooled = pool_patch_rays(patch_clip, num_patches, num_tokens)
-        if self.options.fda_logits == "dot":
-            logits = losses.dot_product_logits(pooled, self.text_features)
-        else:
-            logits = losses.segmentation_logits(pooled, self.text_features)
+        logits = losses.segmentation_logits(pooled, self.text_features)
         weights = dict(
             tau=self.config.fda_temperature,
             shift=self.config.fda_shift,

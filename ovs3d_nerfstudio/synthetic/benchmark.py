@@ -110,16 +110,17 @@ _SYNTHETIC_TEACHERS: Dict[str, Any] = {
 }
 
 _PAPER_FROZEN_STEPS, _PAPER_JOINT_STEPS = 5000, 10000
-_CPU_STEPS = (600, 60, 120)
-"""CPU profile (reconstruction, frozen, joint) steps, sized to the 20-minute budget."""
+_CPU_STEPS = (600, 400, 800)
+"""CPU profile (reconstruction, frozen, joint) steps: the required rows of a scene in under an hour on
+2 cores, with learning curves that have flattened (docs/benchmarks.md)."""
 
 PROFILES: Dict[str, Profile] = {
     "cpu": Profile(
         name="cpu",
         description=(
-            "2 shared CPU cores, < 20 min per scene for the baseline and the six trained rows: 160x120 "
-            "images, 80x60 rays (ray_downscale 2), a small torch field, 512 rays and (32, 16) + 16 samples "
-            "per ray, 4 FDA patches of 8x8 tokens (64 px, 1 ray per token), 600 + 60 + 120 steps "
+            "2 CPU cores, < 60 min per scene for the two baselines and the five required trained rows: "
+            "160x120 images, 80x60 rays (ray_downscale 2), a small torch field, 512 rays and (32, 16) + 16 "
+            "samples per ray, 4 FDA patches of 8x8 tokens (64 px, 1 ray per token), 600 + 400 + 800 steps "
             "(segmentation 1:2 like the paper's 5k:10k). MLP learning rates of the segmentation phases "
             "are the paper's x (paper steps / profile steps), so that the CLIP head can move as far as in "
             "the paper's 15k steps; volume learning rates are the paper's. One torch thread."
@@ -191,12 +192,17 @@ METHODS: Dict[str, Mapping[str, Any]] = {
     "no_rda": {"pipeline.model.use_rda": False},
     "no_fda": {"pipeline.model.use_fda": False},
     "no_rebalance": {"pipeline.model.fda_rebalance": False},
+    "full_paper": {"pipeline.model.variant": "paper"},
+    "full_official": {"pipeline.model.variant": "official"},
     "single_scale": {"pipeline.datamanager.pyramid.patch_fractions": (0.142857,)},
     "views_10pct": {"pipeline.datamanager.clip_view_fraction": 0.1},
-    "rda_dot_logits": {"pipeline.model.rda_logits": "dot"},
+    "full_all_views": {"pipeline.datamanager.clip_view_fraction": 1.0},
 }
-"""Trained rows: the full method, the ablations of Table 2, and ``rda_dot_logits`` (not a paper
-row: the full method with the official code's RDA logits instead of Eq. 4's cosines)."""
+"""Trained rows: the full method (default variant), distillation alone, the ablations of the
+paper's Table 2, the full method as printed (``full_paper``) and as the official code computes
+it (``full_official``), and the default with CLIP features for every view (``full_all_views``)."""
+REQUIRED_ROWS: Tuple[str, ...] = (*BASELINES, "distill_only", "full", "no_rda", "no_fda", "no_rebalance")
+"""The rows the CPU profile's one-hour budget per scene is sized for."""
 
 ROWS: Tuple[str, ...] = (*BASELINES, *METHODS)
 """Every row of the results table, in print order."""
