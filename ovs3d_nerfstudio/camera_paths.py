@@ -34,6 +34,7 @@ from scipy.spatial.transform import Rotation, Slerp
 from torch import Tensor
 
 from ovs3d_nerfstudio.errors import UserFacingError
+from ovs3d_nerfstudio.process import prepare_ovs3d_process
 
 PathKind = Literal["spiral", "interpolate"]
 
@@ -213,7 +214,7 @@ class WriteCameraPath:
     def main(self) -> Path:
         from nerfstudio.utils.rich_utils import CONSOLE
 
-        from ovs3d_nerfstudio.render_support import load_ovs3d_config
+        from ovs3d_nerfstudio.runs import load_ovs3d_config
 
         config = load_ovs3d_config(self.load_config)
         dataparser = config.pipeline.datamanager.dataparser
@@ -246,6 +247,7 @@ class WriteCameraPath:
 
 def entrypoint() -> None:
     """Entry point of ``ovs3d-camera-path``."""
+    prepare_ovs3d_process()
     tyro.extras.set_accent_color("bright_yellow")
     tyro.cli(WriteCameraPath).main()
 

@@ -26,9 +26,10 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from ovs3d_nerfstudio.errors import UserFacingError
-from ovs3d_nerfstudio.legend import colours_to_uint8, write_legend
+from ovs3d_nerfstudio.legend_image import colours_to_uint8, write_legend
 from ovs3d_nerfstudio.model import Ovs3dModel
-from ovs3d_nerfstudio.render_support import load_ovs3d_run
+from ovs3d_nerfstudio.process import prepare_ovs3d_process
+from ovs3d_nerfstudio.runs import load_ovs3d_run
 
 POINT_DTYPE = np.dtype(
     [
@@ -224,6 +225,7 @@ class ExportLabelledPointCloud:
 
 def entrypoint() -> None:
     """Entry point of ``ovs3d-export``."""
+    prepare_ovs3d_process()
     tyro.extras.set_accent_color("bright_yellow")
     tyro.cli(ExportLabelledPointCloud).main()
 

@@ -38,7 +38,7 @@ MINIATURE = Profile(
 def read_video(path: Path) -> np.ndarray:
     import mediapy
 
-    from ovs3d_nerfstudio.render_support import provide_ffmpeg
+    from ovs3d_nerfstudio.bundled_ffmpeg import provide_ffmpeg
 
     provide_ffmpeg()
     return np.asarray(mediapy.read_video(str(path)))
