@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any, Dict, Literal, Optional, Tuple
 
 import numpy as np
-import tyro
 from jaxtyping import Float
 from scipy.spatial.transform import Rotation, Slerp
 from torch import Tensor
 
 from ovs3d_nerfstudio.errors import UserFacingError
-from ovs3d_nerfstudio.process import prepare_ovs3d_process
+from ovs3d_nerfstudio.process import run_command
 
 PathKind = Literal["spiral", "interpolate"]
 
@@ -247,9 +246,7 @@ class WriteCameraPath:
 
 def entrypoint() -> None:
     """Entry point of ``ovs3d-camera-path``."""
-    prepare_ovs3d_process()
-    tyro.extras.set_accent_color("bright_yellow")
-    tyro.cli(WriteCameraPath).main()
+    run_command(WriteCameraPath)
 
 
 if __name__ == "__main__":

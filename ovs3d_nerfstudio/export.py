@@ -17,7 +17,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import tyro
 from jaxtyping import Float, Int
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from torch import Tensor
@@ -28,7 +27,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from ovs3d_nerfstudio.errors import UserFacingError
 from ovs3d_nerfstudio.legend_image import colours_to_uint8, write_legend
 from ovs3d_nerfstudio.model import Ovs3dModel
-from ovs3d_nerfstudio.process import prepare_ovs3d_process
+from ovs3d_nerfstudio.process import run_command
 from ovs3d_nerfstudio.runs import load_ovs3d_run
 
 POINT_DTYPE = np.dtype(
@@ -225,9 +224,7 @@ class ExportLabelledPointCloud:
 
 def entrypoint() -> None:
     """Entry point of ``ovs3d-export``."""
-    prepare_ovs3d_process()
-    tyro.extras.set_accent_color("bright_yellow")
-    tyro.cli(ExportLabelledPointCloud).main()
+    run_command(ExportLabelledPointCloud)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import tyro
-
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from ovs3d_nerfstudio.legend_image import write_legend
-from ovs3d_nerfstudio.process import prepare_ovs3d_process
+from ovs3d_nerfstudio.process import run_command
 from ovs3d_nerfstudio.runs import load_ovs3d_run
 
 
@@ -40,9 +38,7 @@ class WriteLegend:
 
 def entrypoint() -> None:
     """Entry point of ``ovs3d-legend``."""
-    prepare_ovs3d_process()
-    tyro.extras.set_accent_color("bright_yellow")
-    tyro.cli(WriteLegend).main()
+    run_command(WriteLegend)
 
 
 if __name__ == "__main__":

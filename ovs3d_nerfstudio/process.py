@@ -19,6 +19,10 @@ Calling it more than once is harmless: each step checks whether it is done alrea
 
 from __future__ import annotations
 
+from typing import Any, Protocol, Type
+
+import tyro
+
 from ovs3d_nerfstudio.bundled_ffmpeg import provide_ffmpeg
 from ovs3d_nerfstudio.checkpoints import register_checkpoint_globals
 from ovs3d_nerfstudio.errors import install_excepthook
@@ -29,3 +33,17 @@ def prepare_ovs3d_process() -> None:
     install_excepthook()
     register_checkpoint_globals()
     provide_ffmpeg()
+
+
+class Command(Protocol):
+    """A command's options as a dataclass whose ``main`` does the work."""
+
+    def main(self) -> Any: ...
+
+
+def run_command(command: Type[Command]) -> Any:
+    """The body of our commands' entry points: set up the process, parse the command line into
+    ``command`` (tyro, with nerfstudio's accent colour) and run it."""
+    prepare_ovs3d_process()
+    tyro.extras.set_accent_color("bright_yellow")
+    return tyro.cli(command).main()
