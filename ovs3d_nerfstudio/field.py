@@ -37,7 +37,6 @@ from nerfstudio.fields.base_field import Field, get_normalized_directions
 from ovs3d_nerfstudio.errors import UserFacingError
 
 
-
 class FieldOutput(Enum):
     """The per-sample outputs of :class:`Ovs3dField`."""
 
