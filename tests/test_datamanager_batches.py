@@ -21,9 +21,11 @@ from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
 from ovs3d_nerfstudio.data.procedural import tiny_scene_spec, write_scene
 from ovs3d_nerfstudio.features.relevancy import normalized_relevancy_maps
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig, DinoTeacherConfig
-from tiny_run import TINY_CLIP, TINY_DINO
+from tiny_run import TINY_CLIP, TINY_DINO, TINY_TRAINING, below
 
-RAYS, PATCHES, TOKENS, RAYS_PER_TOKEN = 64, 2, 2, 2
+DATAMANAGER = below("pipeline.datamanager.", TINY_TRAINING)
+RAYS = DATAMANAGER["train_num_rays_per_batch"]
+PATCHES, TOKENS, RAYS_PER_TOKEN = 2, 2, 2
 FRACTIONS = (0.5, 0.25)
 
 
@@ -38,8 +40,7 @@ def build(scene: Path, cache: Path, dino_tokens: str) -> Ovs3dDataManager:
         clip=ClipTeacherConfig(**TINY_CLIP, batch_size=4),
         dino=DinoTeacherConfig(**TINY_DINO),
         cache_dir=cache,
-        train_num_rays_per_batch=RAYS,
-        ray_downscale=2,
+        **DATAMANAGER,
         clip_view_fraction=0.5,
         num_patches=PATCHES,
         patch_tokens=TOKENS,

@@ -16,6 +16,7 @@ from nerfstudio.data.scene_box import SceneBox
 from ovs3d_nerfstudio import losses
 from ovs3d_nerfstudio.model import Ovs3dModel, Ovs3dModelConfig
 from ovs3d_nerfstudio.schedule import Phase, ScheduleConfig
+from tiny_run import TINY_TRAINING, below
 
 LABELS, SCALES, DIM, RAYS = ["red apple", "green lawn", "wood wall"], 3, 16, 32
 
@@ -25,19 +26,7 @@ def tiny_model(use_selection: bool) -> Ovs3dModel:
     config = Ovs3dModelConfig(
         use_selection=use_selection,
         schedule=ScheduleConfig(reconstruction_steps=1, frozen_steps=2, joint_steps=2),
-        implementation="torch",
-        num_levels=2,
-        max_res=32,
-        log2_hashmap_size=10,
-        selection_num_levels=2,
-        selection_max_res=16,
-        selection_log2_hashmap_size=8,
-        hidden_dim=16,
-        hidden_dim_color=16,
-        appearance_dim=8,
-        appearance_embedding_dim=4,
-        num_proposal_samples_per_ray=(8, 8),
-        num_nerf_samples_per_ray=8,
+        **below("pipeline.model.", TINY_TRAINING),
     )
     metadata = {"labels": LABELS, "num_scales": SCALES, "text_features": torch.randn(len(LABELS), DIM)}
     model = config.setup(scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=4, metadata=metadata)

@@ -52,6 +52,12 @@ TINY_TRAINING: Dict[str, Any] = {
 few rays and samples (``FEW_RAYS``), rays at half the image size."""
 
 
+def below(prefix: str, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings under ``prefix`` (e.g. ``pipeline.model.``), named relative to it: the
+    keyword arguments of the config found there."""
+    return {path[len(prefix) :]: value for path, value in settings.items() if path.startswith(prefix)}
+
+
 def tiny_schedule(reconstruction: int, frozen: int, joint: int) -> Dict[str, int]:
     """The three phases' step counts as dotted ``TrainerConfig`` paths."""
     prefix = "pipeline.model.schedule."
