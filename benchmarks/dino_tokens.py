@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from ovs3d_nerfstudio.teachers.config import DinoTeacherConfig
+# Runs as a script from any directory: make the repository's packages importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.perf_report import finish_report, run_context  # noqa: E402
+from ovs3d_nerfstudio.teachers.config import DinoTeacherConfig  # noqa: E402
 
 
 def timed(function, repeats: int, device: str) -> float:
@@ -45,7 +50,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=25, help="views per scene (3D-OVS: 20-30)")
     parser.add_argument("--steps", type=int, default=15000, help="segmentation steps (paper: 15k)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     teacher = DinoTeacherConfig(pretrained="random").setup(device=args.device)
@@ -72,8 +77,7 @@ def main() -> None:
     one_time = encode_view * args.views
     per_step_saving = on_the_fly_step - cached_step
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device {args.device}"
-        + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""),
+        **run_context(args.device),
         "model": "DINO v1 ViT-B/8 (random weights)",
         "patches_per_step": args.patches,
         "patch_pixels": patch,
@@ -91,10 +95,8 @@ def main() -> None:
         "note": "Cached tokens see the whole view (global attention) while per-patch tokens see only the crop, "
         "so the two are not numerically identical; both mark the same object boundaries.",
     }
+    finish_report(results, args.out)
     print(json.dumps(results, indent=2))
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as file:
-            json.dump(results, file, indent=2)
 
 
 if __name__ == "__main__":

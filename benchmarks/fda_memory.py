@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ import torch
 # Runs as a script from any directory: make the repository's package importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.perf_report import finish_report, run_context  # noqa: E402
 from ovs3d_nerfstudio.losses import fda_loss, fda_loss_dense  # noqa: E402
 
 VARIANTS = ("chunked", "dense")
@@ -136,6 +136,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no CUDA device")
 
+    report = {"config": {k: getattr(args, k) for k in CONFIG_KEYS}, **run_context(args.device)}
     with tempfile.TemporaryDirectory() as tmp:
         grad_paths = {v: os.path.join(tmp, f"{v}.pt") for v in VARIANTS}
         results = [run_variant(v, args, grad_paths[v]) for v in VARIANTS]
@@ -152,10 +153,7 @@ def main() -> None:
         if args.device == "cuda"
         else "peak RSS (getrusage ru_maxrss) of a fresh subprocess per variant"
     )
-    if args.device == "cuda":
-        machine = torch.cuda.get_device_name()
-    else:
-        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    machine = report["machine"]["gpu"] or f"{report['machine']['cpu']}, {report['machine']['cpu_count']} CPUs"
     n = args.tokens**2
 
     shape = f"P={args.patches} N={n} ({args.tokens}x{args.tokens}) C={args.labels} Cd={args.dino_dim}"
@@ -179,19 +177,8 @@ def main() -> None:
         f"max |d grad| = {agreement['max_abs_grad_diff']:.2e} (max |grad| = {agreement['max_abs_grad']:.2e})"
     )
 
-    if args.out is not None:
-        report = {
-            "config": {k: getattr(args, k) for k in CONFIG_KEYS},
-            "n_tokens": n,
-            "machine": machine,
-            "torch": torch.__version__,
-            "memory_method": memory_method,
-            "results": results,
-            "agreement": agreement,
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+    report.update(n_tokens=n, memory_method=memory_method, results=results, agreement=agreement)
+    finish_report(report, args.out)
 
 
 if __name__ == "__main__":

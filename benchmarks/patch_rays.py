@@ -31,6 +31,7 @@ import torch
 # Runs as a script from any directory: make the repository's packages importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.perf_report import finish_report, run_context  # noqa: E402
 from benchmarks.perf_training import PhaseMemory  # noqa: E402
 from ovs3d_nerfstudio.schedule import Phase  # noqa: E402
 from ovs3d_nerfstudio.synthetic.benchmark import (  # noqa: E402
@@ -38,10 +39,7 @@ from ovs3d_nerfstudio.synthetic.benchmark import (  # noqa: E402
     Profile,
     build_config,
     code_version,
-    load_average,
-    machine_description,
     train,
-    write_results,
 )
 from ovs3d_nerfstudio.synthetic.scenes import write_benchmark_scene  # noqa: E402
 
@@ -141,16 +139,14 @@ def main() -> None:
         "scene": args.scene,
         "steps_per_phase": args.steps,
         "skip": args.skip,
-        "machine": machine_description(device),
+        **run_context(device),
         "code": code_version(),
-        "load_average_start": load_average(),
         "runs": [],
     }
     for repeat in range(args.repeats):
         for setting in SETTINGS:
             print(f"repeat {repeat + 1}/{args.repeats}: {setting} ray(s) per token side ...", flush=True)
             results["runs"].append(run_setting(setting, args))
-    results["load_average_end"] = load_average()
     results["settings"] = {
         str(setting): summarise([run for run in results["runs"] if run["rays_per_token_side"] == setting])
         for setting in SETTINGS
@@ -173,9 +169,7 @@ def main() -> None:
                 f"{setting:>15} {row['patch_rays_per_step']:>10} {phase:<20} {cell['ms_per_step']:9.1f} "
                 f"{cell['peak_mib']:16.0f} {cell['growth_mib']:8.0f}"
             )
-    if args.out is not None:
-        write_results(results, args.out)
-        print(f"wrote {args.out}")
+    finish_report(results, args.out)
 
 
 if __name__ == "__main__":

@@ -17,18 +17,22 @@ embeddings), from which every pixel feature is rebuilt exactly. Two measurements
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import torch
 
-from ovs3d_nerfstudio.data.datamanager import load_downscaled_images
-from ovs3d_nerfstudio.features.cache import FeatureCache
-from ovs3d_nerfstudio.features.clip_pyramid import PyramidConfig, extract_pyramid, patch_geometry, window_boxes
-from ovs3d_nerfstudio.synthetic.benchmark import load_average, machine_description, write_results
-from ovs3d_nerfstudio.synthetic.scenes import NUM_VIEWS, write_benchmark_scene
-from ovs3d_nerfstudio.synthetic.teachers import synthetic_clip
+# Runs as a script from any directory: make the repository's packages importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.perf_report import finish_report, run_context  # noqa: E402
+from ovs3d_nerfstudio.data.datamanager import load_downscaled_images  # noqa: E402
+from ovs3d_nerfstudio.features.cache import FeatureCache  # noqa: E402
+from ovs3d_nerfstudio.features.clip_pyramid import PyramidConfig, extract_pyramid, patch_geometry, window_boxes  # noqa: E402
+from ovs3d_nerfstudio.synthetic.scenes import write_benchmark_scene  # noqa: E402
+from ovs3d_nerfstudio.synthetic.teachers import synthetic_clip  # noqa: E402
 
 BOX_BYTES = 4 * 4
 """One window box: four int32 coordinates."""
@@ -110,8 +114,7 @@ def main() -> None:
 
     config = PyramidConfig()
     results: Dict[str, Any] = {
-        "machine": machine_description("cpu"),
-        "load_average_start": load_average(),
+        **run_context("cpu"),
         "pyramid": {"patch_fractions": list(config.patch_fractions), "seed": config.seed},
         "3d_ovs_exact": exact_sizes(3024 // 8, 4032 // 8, 512, args.views, config),
         "synthetic_on_disk": [],
@@ -136,10 +139,7 @@ def main() -> None:
                 f"{row['official_fp32_bytes_on_disk'] / 2**20:.1f} MiB (x{row['ratio_official_over_store']:.1f})",
                 flush=True,
             )
-    results["load_average_end"] = load_average()
-    if args.out is not None:
-        write_results(results, args.out)
-        print(f"wrote {args.out}")
+    finish_report(results, args.out)
 
 
 if __name__ == "__main__":

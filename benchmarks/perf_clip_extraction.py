@@ -23,18 +23,23 @@ default to keep the sequential path to minutes. The per-crop ratio is what trans
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import torch
 
-from ovs3d_nerfstudio.data.procedural import render_scene
-from ovs3d_nerfstudio.features.clip_pyramid import PyramidConfig, extract_pyramid, extract_pyramid_sequential
-from ovs3d_nerfstudio.synthetic.benchmark import load_average, machine_description, write_results
-from ovs3d_nerfstudio.synthetic.scenes import scene_layouts
-from ovs3d_nerfstudio.synthetic.teachers import synthetic_clip
-from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig
+# Runs as a script from any directory: make the repository's packages importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.perf_report import finish_report, run_context  # noqa: E402
+from ovs3d_nerfstudio.data.procedural import render_scene  # noqa: E402
+from ovs3d_nerfstudio.features.clip_pyramid import PyramidConfig, extract_pyramid, extract_pyramid_sequential  # noqa: E402
+from ovs3d_nerfstudio.synthetic.benchmark import load_average  # noqa: E402
+from ovs3d_nerfstudio.synthetic.scenes import scene_layouts  # noqa: E402
+from ovs3d_nerfstudio.synthetic.teachers import synthetic_clip  # noqa: E402
+from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig  # noqa: E402
 
 
 def scene_image(width: int, height: int) -> torch.Tensor:
@@ -94,8 +99,7 @@ def main() -> None:
 
     config = PyramidConfig()
     results: Dict[str, Any] = {
-        "machine": machine_description(args.device),
-        "load_average_start": load_average(),
+        **run_context(args.device),
         "pyramid": {"patch_fractions": list(config.patch_fractions), "seed": config.seed},
     }
     encoders: Dict[str, Tuple[Any, Tuple[int, int], int]] = {
@@ -116,10 +120,7 @@ def main() -> None:
             f"{row['max_abs_difference']:.2e} (max |value| {row['max_abs_value']:.2f})",
             flush=True,
         )
-    results["load_average_end"] = load_average()
-    if args.out is not None:
-        write_results(results, args.out)
-        print(f"wrote {args.out}")
+    finish_report(results, args.out)
 
 
 if __name__ == "__main__":

@@ -36,17 +36,14 @@ import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import Trainer
 
-from ovs3d_nerfstudio.schedule import Phase
-from ovs3d_nerfstudio.synthetic.benchmark import (
-    PROFILES,
-    build_config,
-    load_average,
-    machine_description,
-    train,
-    write_results,
-)
-from ovs3d_nerfstudio.synthetic.scenes import write_benchmark_scene
-from ovs3d_nerfstudio.variants import resolve_options
+# Runs as a script from any directory: make the repository's packages importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.perf_report import finish_report, run_context  # noqa: E402
+from ovs3d_nerfstudio.schedule import Phase  # noqa: E402
+from ovs3d_nerfstudio.synthetic.benchmark import PROFILES, build_config, load_average, train  # noqa: E402
+from ovs3d_nerfstudio.synthetic.scenes import write_benchmark_scene  # noqa: E402
+from ovs3d_nerfstudio.variants import resolve_options  # noqa: E402
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -146,8 +143,7 @@ def main() -> None:
     results: Dict[str, Any] = {
         "profile": args.profile,
         "scene": args.scene,
-        "machine": machine_description(config.machine.device_type),
-        "load_average_start": load_average(),
+        **run_context(config.machine.device_type),
         "steps_per_phase": args.steps,
         "random_rays_per_step": random_rays,
         "patch_rays_per_step": patch_rays,
@@ -164,7 +160,6 @@ def main() -> None:
     results.update(phases=summary, setup_seconds=run.setup_seconds, load_average_after_training=load_average())
     overhead = cli_overhead(args.cli_repeats)
     results["cli_overhead_seconds"] = {"median": statistics.median(overhead), "runs": overhead}
-    results["load_average_end"] = load_average()
 
     memory_kind = "allocated MiB" if config.machine.device_type.startswith("cuda") else "RSS MiB"
     print(f"{'phase':<22} {'it/s':>7} {'random rays/s':>14} {'rendered rays/s':>16} {'peak ' + memory_kind:>18} {'growth':>8}")
@@ -175,9 +170,7 @@ def main() -> None:
             f"{row['rendered_rays_per_second']:16.0f} {memory['peak_mib']:18.0f} {memory.get('growth_mib', 0.0):8.0f}"
         )
     print(f"setup (data, features, model) {run.setup_seconds:.1f} s; CLI overhead per run {results['cli_overhead_seconds']['median']:.1f} s")
-    if args.out is not None:
-        write_results(results, args.out)
-        print(f"wrote {args.out}")
+    finish_report(results, args.out)
 
 
 if __name__ == "__main__":

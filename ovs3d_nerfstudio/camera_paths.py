@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Dict, Literal, Optional, Tuple
 
 import numpy as np
-import tyro
 from jaxtyping import Float
 from scipy.spatial.transform import Rotation, Slerp
 from torch import Tensor
 
 from ovs3d_nerfstudio.errors import UserFacingError
+from ovs3d_nerfstudio.process import run_command
 
 PathKind = Literal["spiral", "interpolate"]
 
@@ -213,7 +213,7 @@ class WriteCameraPath:
     def main(self) -> Path:
         from nerfstudio.utils.rich_utils import CONSOLE
 
-        from ovs3d_nerfstudio.render_support import load_ovs3d_config
+        from ovs3d_nerfstudio.runs import load_ovs3d_config
 
         config = load_ovs3d_config(self.load_config)
         dataparser = config.pipeline.datamanager.dataparser
@@ -246,8 +246,7 @@ class WriteCameraPath:
 
 def entrypoint() -> None:
     """Entry point of ``ovs3d-camera-path``."""
-    tyro.extras.set_accent_color("bright_yellow")
-    tyro.cli(WriteCameraPath).main()
+    run_command(WriteCameraPath)
 
 
 if __name__ == "__main__":

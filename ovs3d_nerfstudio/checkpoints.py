@@ -2,8 +2,9 @@
 
 torch >= 2.6 loads with ``weights_only=True``; nerfstudio's checkpoints can hold numpy
 scalars (e.g. learning rates computed with numpy in a scheduler's state), which that
-unpickler rejects. Allow-listing these plain-data numpy types at import means users never
-need ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
+unpickler rejects. Allow-listing these plain-data numpy types when an ovs3d pipeline is built
+(before nerfstudio loads its checkpoint; ``process.py``) means users never need
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from ovs3d_nerfstudio.errors import UserFacingError
 from ovs3d_nerfstudio.features.cache import default_cache_dir
+from ovs3d_nerfstudio.process import prepare_ovs3d_process
 
 if TYPE_CHECKING:
     from ovs3d_nerfstudio.synthetic.benchmark import Profile
@@ -168,10 +169,10 @@ def render_label_video(pipeline, run_dir: Path, seconds: float, frames: int, hei
     from nerfstudio.cameras.camera_paths import get_path_from_json
 
     from ovs3d_nerfstudio.camera_paths import forward_facing_path, write_camera_path
-    from ovs3d_nerfstudio.legend import legend_image
-    from ovs3d_nerfstudio.render_support import provide_ffmpeg
+    from ovs3d_nerfstudio.bundled_ffmpeg import provide_ffmpeg
+    from ovs3d_nerfstudio.legend_image import legend_image
 
-    provide_ffmpeg()
+    provide_ffmpeg()  # mediapy's writer runs the ffmpeg on PATH
     datamanager, model = pipeline.datamanager, pipeline.model
     cameras = datamanager.train_dataset.cameras  # at the resolution the run serves views
     train_height = float(cameras.height[0])
@@ -211,7 +212,7 @@ def _path_frames(
 
 def run_demo(config: DemoConfig, profiles: Optional[Mapping[str, "Profile"]] = None) -> Dict[str, Path]:
     """Runs the whole demo; returns the paths it wrote. ``profiles`` defaults to the benchmark's."""
-    from ovs3d_nerfstudio.legend import write_legend
+    from ovs3d_nerfstudio.legend_image import write_legend
     from ovs3d_nerfstudio.synthetic.benchmark import PROFILES, build_config, evaluate, train
     from ovs3d_nerfstudio.synthetic.scenes import scene_layouts, write_benchmark_scene
 
@@ -324,6 +325,8 @@ def run_demo(config: DemoConfig, profiles: Optional[Mapping[str, "Profile"]] = N
 
 
 def entrypoint() -> None:
+    """Entry point of ``ovs3d-demo``."""
+    prepare_ovs3d_process()
     # Deprecation notices of nerfstudio 1.1 running on a newer torch: nothing a demo user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(nerfstudio|torch)(\.|$)")

@@ -1,9 +1,9 @@
 """User-facing errors: bad data, labels or teachers print one clear message, not a traceback.
 
-nerfstudio's ``ns-*`` commands are not ours to wrap, but they import this package through
-its entry points, so a ``sys.excepthook`` installed here sees every uncaught exception.
-Exceptions that derive from :class:`UserFacingError` are printed as their message alone;
-everything else keeps Python's normal traceback.
+nerfstudio's ``ns-*`` commands are not ours to wrap, so :func:`install_excepthook` replaces
+``sys.excepthook`` when an ovs3d command starts (``process.py`` says where), and sees every
+exception that command does not catch. Exceptions that derive from :class:`UserFacingError`
+are printed as their message alone; everything else keeps Python's normal traceback.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class ConfigError(UserFacingError, ValueError):
     """An option has a value that cannot work; the message names the flag and what it accepts."""
 
 
-def _print_user_errors(
+def print_user_errors(
     exc_type: Type[BaseException], exc: BaseException, traceback: Optional[TracebackType], fallback=sys.excepthook
 ) -> None:
     if isinstance(exc, UserFacingError):
@@ -31,5 +31,5 @@ def _print_user_errors(
 
 
 def install_excepthook() -> None:
-    if sys.excepthook is not _print_user_errors:
-        sys.excepthook = _print_user_errors
+    if sys.excepthook is not print_user_errors:
+        sys.excepthook = print_user_errors

@@ -20,9 +20,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-IGNORE = -1
-"""Ground-truth value of pixels that no mask covers: left out of ``miou`` and ``accuracy``; the
-paper protocol counts them against whatever is predicted there."""
+from ovs3d_nerfstudio.data.labels import IGNORE
 
 
 def class_intersections_and_unions(

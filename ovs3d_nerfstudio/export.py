@@ -17,7 +17,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import tyro
 from jaxtyping import Float, Int
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from torch import Tensor
@@ -26,9 +25,10 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from ovs3d_nerfstudio.errors import UserFacingError
-from ovs3d_nerfstudio.legend import colours_to_uint8, write_legend
+from ovs3d_nerfstudio.legend_image import colours_to_uint8, write_legend
 from ovs3d_nerfstudio.model import Ovs3dModel
-from ovs3d_nerfstudio.render_support import load_ovs3d_run
+from ovs3d_nerfstudio.process import run_command
+from ovs3d_nerfstudio.runs import load_ovs3d_run
 
 POINT_DTYPE = np.dtype(
     [
@@ -224,8 +224,7 @@ class ExportLabelledPointCloud:
 
 def entrypoint() -> None:
     """Entry point of ``ovs3d-export``."""
-    tyro.extras.set_accent_color("bright_yellow")
-    tyro.cli(ExportLabelledPointCloud).main()
+    run_command(ExportLabelledPointCloud)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ field therefore returns appearance features per sample and the model projects th
 
 from __future__ import annotations
 
-from typing import Dict, Literal, Optional
+from enum import Enum
+from typing import Dict, Literal, Optional, Tuple
 
 import torch
 from jaxtyping import Float
@@ -29,15 +30,22 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.activations import trunc_exp
 from nerfstudio.field_components.embedding import Embedding
 from nerfstudio.field_components.encodings import SHEncoding
-from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.mlp import MLP, MLPWithHashEncoding
 from nerfstudio.field_components.spatial_distortions import SpatialDistortion
 from nerfstudio.fields.base_field import Field, get_normalized_directions
 
 from ovs3d_nerfstudio.errors import UserFacingError
 
-APPEARANCE = "appearance"
-SELECTION = "selection"
+
+class FieldOutput(Enum):
+    """The per-sample outputs of :class:`Ovs3dField`."""
+
+    DENSITY = "density"
+    RGB = "rgb"
+    APPEARANCE = "appearance"
+    """Appearance features: input of the RGB head here and, once rendered, of the CLIP head."""
+    SELECTION = "selection"
+    """N_s scale logits (Eq. 2), before rendering."""
 
 
 class ClipHeadError(UserFacingError, ValueError):
@@ -140,28 +148,36 @@ class Ovs3dField(Field):
             implementation=implementation,
         )
 
-    def _normalized_positions(self, ray_samples: RaySamples) -> Float[Tensor, "*bs 3"]:
-        """Maps sample positions to [0, 1]^3 for the hash grids (contracted when unbounded)."""
+    def grid_positions(self, ray_samples: RaySamples) -> Tuple[Float[Tensor, "*bs 3"], Float[Tensor, "*bs 1"]]:
+        """Sample positions in the hash grids' [0, 1]^3 (contracted when unbounded), zero outside
+        it, and whether each sample is inside."""
         positions = ray_samples.frustums.get_positions()
         if self.spatial_distortion is not None:
             positions = (self.spatial_distortion(positions) + 2.0) / 4.0
         else:
             positions = SceneBox.get_normalized_positions(positions, self.aabb)
-        return positions
-
-    def get_density(self, ray_samples: RaySamples):
-        positions = self._normalized_positions(ray_samples)
         inside = ((positions > 0.0) & (positions < 1.0)).all(dim=-1, keepdim=True)
-        positions = positions * inside
-        self._positions = positions
+        return positions * inside, inside
+
+    def get_density(self, ray_samples: RaySamples) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs 3"]]:
+        """Density, and as the *density embedding* the grid positions of the samples: the
+        appearance and selection volumes read the same positions (nerfacto hands its density
+        MLP's features to ``get_outputs`` the same way)."""
+        positions, inside = self.grid_positions(ray_samples)
         raw = self.density_volume(positions.view(-1, 3)).view(*positions.shape[:-1], 1)
         density = self.average_init_density * trunc_exp(raw.to(positions)) * inside
-        return density, None
+        return density, positions
 
     def get_outputs(
         self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None, compute_selection: bool = True
-    ) -> Dict:
-        positions = self._positions.view(-1, 3)
+    ) -> Dict[FieldOutput, Tensor]:
+        """RGB and appearance features, and the selection logits when ``compute_selection``.
+
+        ``density_embedding`` is what :meth:`get_density` returned for these samples (their
+        grid positions); without it they are computed again."""
+        if density_embedding is None:
+            density_embedding, _ = self.grid_positions(ray_samples)
+        positions = density_embedding.view(-1, 3)
         shape = ray_samples.frustums.directions.shape[:-1]
         appearance = self.appearance_volume(positions).view(*shape, -1).float()
 
@@ -176,14 +192,16 @@ class Ovs3dField(Field):
             dim=-1,
         )
         rgb = self.rgb_head(rgb_input).view(*shape, 3).float()
-        outputs = {FieldHeadNames.RGB: rgb, APPEARANCE: appearance}
+        outputs = {FieldOutput.RGB: rgb, FieldOutput.APPEARANCE: appearance}
         if compute_selection:
-            outputs[SELECTION] = self.selection_volume(positions).view(*shape, -1).float()
+            outputs[FieldOutput.SELECTION] = self.selection_volume(positions).view(*shape, -1).float()
         return outputs
 
-    def forward(self, ray_samples: RaySamples, compute_normals: bool = False, compute_selection: bool = True) -> Dict:
-        """``compute_selection=False`` skips the selection volume (reconstruction needs no scales)."""
-        density, _ = self.get_density(ray_samples)
-        outputs = self.get_outputs(ray_samples, compute_selection=compute_selection)
-        outputs[FieldHeadNames.DENSITY] = density
+    def forward(self, ray_samples: RaySamples, compute_selection: bool = True) -> Dict[FieldOutput, Tensor]:
+        """Every output of the samples; ``compute_selection=False`` skips the selection volume
+        (reconstruction needs no scales). Replaces ``Field.forward``, which has no such switch
+        and computes normals this field does not have."""
+        density, positions = self.get_density(ray_samples)
+        outputs = self.get_outputs(ray_samples, density_embedding=positions, compute_selection=compute_selection)
+        outputs[FieldOutput.DENSITY] = density
         return outputs

@@ -13,7 +13,6 @@ from torch.nn import Parameter
 
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.spatial_distortions import SceneContraction
 from nerfstudio.fields.density_fields import HashMLPDensityField
 from nerfstudio.model_components.losses import MSELoss, distortion_loss, interlevel_loss
@@ -27,7 +26,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from ovs3d_nerfstudio import losses
 from ovs3d_nerfstudio.data.patches import pool_patch_rays
 from ovs3d_nerfstudio.evaluation import class_count_metrics, paper_metrics, segmentation_metrics
-from ovs3d_nerfstudio.field import APPEARANCE, SELECTION, ClipHead, Ovs3dField
+from ovs3d_nerfstudio.field import ClipHead, FieldOutput, Ovs3dField
 from ovs3d_nerfstudio.data.labels import validate_labels
 from ovs3d_nerfstudio.palette import colourize, palette
 from ovs3d_nerfstudio.queries import CANONICAL_NEGATIVES, overlay, query_relevancy
@@ -357,11 +356,11 @@ class Ovs3dModel(Model):
         segmenting = not (self.training and self.phase is Phase.RECONSTRUCTION)
         ray_samples, weights_list, ray_samples_list = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
         field_outputs = self.field(ray_samples, compute_selection=segmenting)
-        weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
+        weights = ray_samples.get_weights(field_outputs[FieldOutput.DENSITY])
         weights_list.append(weights)
         ray_samples_list.append(ray_samples)
 
-        rgb = self.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights)
+        rgb = self.renderer_rgb(rgb=field_outputs[FieldOutput.RGB], weights=weights)
         accumulation = self.renderer_accumulation(weights=weights)
         with torch.no_grad():
             depth = self.renderer_depth(weights=weights, ray_samples=ray_samples)
@@ -380,9 +379,9 @@ class Ovs3dModel(Model):
 
         ``labels`` comes first: the viewer shows the first output by default.
         """
-        rendered_appearance = torch.sum(weights * field_outputs[APPEARANCE], dim=-2)
+        rendered_appearance = torch.sum(weights * field_outputs[FieldOutput.APPEARANCE], dim=-2)
         clip = self.clip_head.render(rendered_appearance, accumulation)
-        selection_logits = field_outputs[SELECTION]
+        selection_logits = field_outputs[FieldOutput.SELECTION]
         if self.options.selection_activation == "sigmoid":
             selection_logits = torch.sigmoid(selection_logits)
         selection = self.render_selection(torch.sum(weights * selection_logits, dim=-2))

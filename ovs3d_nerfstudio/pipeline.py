@@ -15,6 +15,7 @@ from ovs3d_nerfstudio.evaluation import per_class_iou
 
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig
 from ovs3d_nerfstudio.model import Ovs3dModelConfig
+from ovs3d_nerfstudio.process import prepare_ovs3d_process
 from ovs3d_nerfstudio.variants import resolve_options
 
 
@@ -43,6 +44,7 @@ class Ovs3dPipeline(VanillaPipeline):
         local_rank: int = 0,
         grad_scaler: Optional[GradScaler] = None,
     ):
+        prepare_ovs3d_process()  # here, not at import: see process.py
         check_pipeline_config(config)
         if config.model.labels and hasattr(config.datamanager.dataparser, "labels"):
             config.datamanager.dataparser.labels = tuple(config.model.labels)

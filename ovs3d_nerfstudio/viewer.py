@@ -19,7 +19,7 @@ from torch import nn
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.viewer.viewer_elements import ViewerClick, ViewerControl, ViewerText
 
-from ovs3d_nerfstudio.legend import legend_image
+from ovs3d_nerfstudio.legend_image import legend_image
 
 if TYPE_CHECKING:
     from ovs3d_nerfstudio.model import Ovs3dModel

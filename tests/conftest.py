@@ -4,24 +4,18 @@ The teachers are session-scoped because they are frozen; tests that need a diffe
 configuration take the ``*_config`` fixture (a fresh config each time) and build their own.
 """
 
-from pathlib import Path
-
 import pytest
 
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig, DinoTeacherConfig
-
-TINY_CLIP_JSON = Path(__file__).parent / "assets" / "ovs3d-tiny-clip.json"
-"""A 1-layer open_clip architecture (32 px images, 8 px patches, 16-d embeddings, real tokenizer)."""
+from tiny_run import TINY_CLIP, TINY_DINO, train_tiny_run
 
 
 def make_tiny_clip_config() -> ClipTeacherConfig:
-    return ClipTeacherConfig(
-        model_name=TINY_CLIP_JSON.stem, pretrained="random", model_config_path=TINY_CLIP_JSON, batch_size=4
-    )
+    return ClipTeacherConfig(**TINY_CLIP, batch_size=4)
 
 
 def make_tiny_dino_config() -> DinoTeacherConfig:
-    return DinoTeacherConfig(pretrained="random", depth=1, embed_dim=32, num_heads=2)
+    return DinoTeacherConfig(**TINY_DINO)
 
 
 @pytest.fixture
@@ -47,6 +41,4 @@ def tiny_dino_teacher():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """(run folder, ns-train stdout) of the shared tiny training run (see tiny_run.py)."""
-    from tiny_run import train_tiny_run
-
     return train_tiny_run(tmp_path_factory.mktemp("tiny_run"))

@@ -26,6 +26,8 @@ from ovs3d_nerfstudio.synthetic.benchmark import (
     run_benchmark,
 )
 
+from tiny_run import TINY_TRAINING, tiny_schedule
+
 RECONSTRUCTION, FROZEN, JOINT = 4, 2, 2
 
 TINY = Profile(
@@ -37,27 +39,8 @@ TINY = Profile(
     overrides={
         "pipeline.datamanager.clip.source": SYNTHETIC_CLIP,
         "pipeline.datamanager.dino.source": SYNTHETIC_DINO,
-        "machine.device_type": "cpu",
-        "mixed_precision": False,
-        "pipeline.model.implementation": "torch",
-        "pipeline.model.schedule.reconstruction_steps": RECONSTRUCTION,
-        "pipeline.model.schedule.frozen_steps": FROZEN,
-        "pipeline.model.schedule.joint_steps": JOINT,
-        "pipeline.model.num_levels": 4,
-        "pipeline.model.max_res": 64,
-        "pipeline.model.log2_hashmap_size": 12,
-        "pipeline.model.selection_num_levels": 2,
-        "pipeline.model.selection_max_res": 32,
-        "pipeline.model.selection_log2_hashmap_size": 10,
-        "pipeline.model.hidden_dim": 16,
-        "pipeline.model.hidden_dim_color": 16,
-        "pipeline.model.appearance_dim": 8,
-        "pipeline.model.appearance_embedding_dim": 4,
-        "pipeline.model.num_proposal_samples_per_ray": (16, 8),
-        "pipeline.model.num_nerf_samples_per_ray": 8,
-        "pipeline.model.eval_num_rays_per_chunk": 1024,
-        "pipeline.datamanager.train_num_rays_per_batch": 64,
-        "pipeline.datamanager.ray_downscale": 2,
+        **TINY_TRAINING,
+        **tiny_schedule(RECONSTRUCTION, FROZEN, JOINT),
         "pipeline.datamanager.num_patches": 2,
         "pipeline.datamanager.patch_tokens": 2,
         "pipeline.datamanager.patch_downscale": 1,

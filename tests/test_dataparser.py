@@ -34,6 +34,11 @@ def parse(data: Path, split: str = "train", **options):
     return Ovs3dDataParserConfig(data=data, **options).setup().get_dataparser_outputs(split)
 
 
+def views(outputs) -> list:
+    """View indices of a split's images (the generated scenes name each image by its index)."""
+    return [int(path.stem) for path in outputs.image_filenames]
+
+
 def test_llff_outputs(pristine: Path):
     outputs = parse(pristine)
     n = SPEC.rig.num_views
@@ -47,11 +52,10 @@ def test_llff_outputs(pristine: Path):
 
     meta = outputs.metadata
     assert meta["labels"] == LABELS
-    assert sorted(meta["mask_paths_by_view"]) == list(MASK_VIEWS)
-    assert meta["mask_paths"] == meta["mask_paths_by_view"]  # train uses all views: same indices
+    assert sorted(meta["mask_paths"]) == list(MASK_VIEWS)  # train uses all views: positions are view indices
     assert meta["mask_paths"][3]["blue mug"] == pristine / "segmentations" / "03" / "blue mug.png"
     assert set(meta["mask_paths"][0]) == set(LABELS)
-    assert meta["view_indices"] == list(range(n))
+    assert views(outputs) == list(range(n))
     # Bounds follow the poses' scale.
     raw_bounds = np.load(pristine / "poses_bounds.npy")[:, 15:]
     np.testing.assert_allclose(meta["near_far"].numpy(), raw_bounds * outputs.dataparser_scale, rtol=1e-5)
@@ -78,21 +82,23 @@ def test_intrinsics_follow_resized_images(scene: Path):
 )
 def test_splits(pristine: Path, options, train_views, eval_views):
     train, evaluation = parse(pristine, "train", **options), parse(pristine, "test", **options)
-    assert train.metadata["view_indices"] == train_views
-    assert evaluation.metadata["view_indices"] == eval_views
+    assert views(train) == train_views
+    assert views(evaluation) == eval_views
     assert [p.name for p in evaluation.image_filenames] == [f"{i:03d}.png" for i in eval_views]
     assert evaluation.cameras.shape == (len(eval_views),)
-    # Split-local mask indices point at the same files as the view indices.
+    # Split-local mask indices point at the same files as the view indices (eval mode 'all'
+    # trains on every view, so there the positions are the view indices).
+    by_view = parse(pristine, "train", eval_mode="all").metadata["mask_paths"]
     for position, view in enumerate(eval_views):
-        assert evaluation.metadata["mask_paths"].get(position) == evaluation.metadata["mask_paths_by_view"].get(view)
+        assert evaluation.metadata["mask_paths"].get(position) == by_view.get(view)
     assert evaluation.metadata["near_far"].shape == (len(eval_views), 2)
 
 
 def test_masks_mode_without_masks_evaluates_every_interval(scene: Path):
     for view in MASK_VIEWS:
         shutil.rmtree(scene / "segmentations" / f"{view:02d}")
-    assert parse(scene, "test", eval_interval=3).metadata["view_indices"] == [0, 3, 6]
-    assert parse(scene, "train").metadata["view_indices"] == list(range(8))
+    assert views(parse(scene, "test", eval_interval=3)) == [0, 3, 6]
+    assert views(parse(scene, "train")) == list(range(8))
 
 
 def test_held_out_masks_needs_masks_and_a_view_to_train_on(scene: Path):
@@ -152,7 +158,7 @@ def test_nerfstudio_format(scene: Path):
     assert train.metadata["labels"] == reordered  # labels.txt wins over segmentations/classes.txt
     assert train.metadata["near_far"] is None
     evaluation = parse(scene, "test", **options)
-    assert evaluation.metadata["view_indices"] == list(MASK_VIEWS)
+    assert views(evaluation) == list(MASK_VIEWS)
     assert evaluation.metadata["mask_paths"][1]["red apple"].parent.name == "03"
     # nerfstudio's per-image extras follow the split.
     assert [p.name for p in evaluation.metadata["depth_filenames"]] == [f"{i:03d}.png" for i in MASK_VIEWS]

@@ -13,6 +13,7 @@ import torch
 from ovs3d_nerfstudio.demo import DemoConfig, labels_shown, run_demo, video_frame
 from ovs3d_nerfstudio.errors import UserFacingError
 from ovs3d_nerfstudio.synthetic.benchmark import PROFILES, Profile
+from tiny_run import FEW_RAYS, tiny_schedule
 
 MINIATURE = Profile(
     name="miniature",
@@ -22,12 +23,8 @@ MINIATURE = Profile(
     num_views=6,
     overrides={
         **PROFILES["cpu"].overrides,
-        "pipeline.model.schedule.reconstruction_steps": 4,
-        "pipeline.model.schedule.frozen_steps": 2,
-        "pipeline.model.schedule.joint_steps": 2,
-        "pipeline.model.num_proposal_samples_per_ray": (16, 8),
-        "pipeline.model.num_nerf_samples_per_ray": 8,
-        "pipeline.datamanager.train_num_rays_per_batch": 64,
+        **tiny_schedule(reconstruction=4, frozen=2, joint=2),
+        **FEW_RAYS,
         "pipeline.datamanager.num_patches": 1,
         "pipeline.datamanager.patch_tokens": 2,
         "pipeline.datamanager.patch_rays_per_token": 1,
@@ -38,7 +35,7 @@ MINIATURE = Profile(
 def read_video(path: Path) -> np.ndarray:
     import mediapy
 
-    from ovs3d_nerfstudio.render_support import provide_ffmpeg
+    from ovs3d_nerfstudio.bundled_ffmpeg import provide_ffmpeg
 
     provide_ffmpeg()
     return np.asarray(mediapy.read_video(str(path)))

@@ -25,7 +25,8 @@ def test_ground_truth_rendered_through_the_metric_scores_one(tmp_path):
     dataset = Ovs3dDataset(outputs)
     rendered = render_scene(spec).label_maps
     file_labels = outputs.metadata["labels"]
-    for index, view in enumerate(outputs.metadata["view_indices"]):
+    for index, path in enumerate(outputs.image_filenames):
+        view = int(path.stem)  # the generated scene names each image by its view index
         gt_labels = dataset[index]["gt_labels"]
         # Ground truth from the renderer, mapped from the spec's label order to the file's.
         truth = torch.tensor([file_labels.index(label) for label in spec.labels])[torch.from_numpy(rendered[view])]

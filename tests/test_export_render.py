@@ -37,9 +37,10 @@ from ovs3d_nerfstudio import export, legend
 from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
 from ovs3d_nerfstudio.errors import UserFacingError
 from ovs3d_nerfstudio.export import ExportLabelledPointCloud, read_ply
-from ovs3d_nerfstudio.legend import PADDING, colours_to_uint8, legend_image, swatch_box
+from ovs3d_nerfstudio.legend_image import PADDING, colours_to_uint8, legend_image, swatch_box
 from ovs3d_nerfstudio.palette import palette
-from ovs3d_nerfstudio.render_support import load_ovs3d_run, provide_ffmpeg
+from ovs3d_nerfstudio.bundled_ffmpeg import provide_ffmpeg
+from ovs3d_nerfstudio.runs import load_ovs3d_run
 
 NUM_POINTS = 300
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ovs3d_nerfstudio.features.relevancy import minmax_normalize, normalized_relevancy_maps, relevancy
+from ovs3d_nerfstudio.features.relevancy import class_cosines, minmax_normalize, normalized_relevancy_maps, relevancy
+from ovs3d_nerfstudio.losses import segmentation_logits
 
 f64 = torch.float64
 
@@ -109,3 +110,13 @@ def test_normalized_maps_half_input_and_degenerate_pixels():
     assert (out >= 0).all() and (out <= 1).all()
     assert (out[1] == 0).all()
     torch.testing.assert_close(out, normalized_relevancy_maps(dense.half().float(), text))
+
+
+def test_pixel_features_are_compared_with_text_exactly_like_rendered_ones():
+    """Eq. 6's cosine (features/) and Eq. 4's logits (losses.py) are one cosine, zero features included."""
+    features, text = torch.randn(5, 7, 16), torch.randn(4, 16)
+    features[0, 0] = 0.0
+    torch.testing.assert_close(class_cosines(features, text), segmentation_logits(features, text), atol=0, rtol=0)
+    literal = torch.stack([torch.stack([lit_cos(text[c].double(), f.double()) for c in range(4)]) for f in features[1]])
+    torch.testing.assert_close(class_cosines(features, text)[1].double(), literal)
+    assert bool((class_cosines(features, text)[0, 0] == 0).all())

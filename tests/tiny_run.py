@@ -10,11 +10,60 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 from ovs3d_nerfstudio.data.procedural import tiny_scene_spec, write_scene
 
 ASSETS = Path(__file__).parent / "assets"
+TINY_CLIP_JSON = ASSETS / "ovs3d-tiny-clip.json"
+"""A 1-layer open_clip architecture (32 px images, 8 px patches, 16-d embeddings, real tokenizer)."""
+
+TINY_CLIP: Dict[str, Any] = {"model_name": TINY_CLIP_JSON.stem, "pretrained": "random", "model_config_path": TINY_CLIP_JSON}
+"""``ClipTeacherConfig`` fields of the tiny random-weight CLIP teacher."""
+TINY_DINO: Dict[str, Any] = {"pretrained": "random", "depth": 1, "embed_dim": 32, "num_heads": 2}
+"""``DinoTeacherConfig`` fields of the tiny random-weight DINO teacher (stride 8)."""
+
+FEW_RAYS: Dict[str, Any] = {
+    "pipeline.model.num_proposal_samples_per_ray": (16, 8),
+    "pipeline.model.num_nerf_samples_per_ray": 8,
+    "pipeline.datamanager.train_num_rays_per_batch": 64,
+}
+"""Dotted ``TrainerConfig`` paths: 64 rays per step, 16 + 8 proposal and 8 field samples per ray."""
+
+TINY_TRAINING: Dict[str, Any] = {
+    "machine.device_type": "cpu",
+    "mixed_precision": False,
+    "pipeline.model.implementation": "torch",
+    "pipeline.model.num_levels": 4,
+    "pipeline.model.max_res": 64,
+    "pipeline.model.log2_hashmap_size": 12,
+    "pipeline.model.selection_num_levels": 2,
+    "pipeline.model.selection_max_res": 32,
+    "pipeline.model.selection_log2_hashmap_size": 10,
+    "pipeline.model.hidden_dim": 16,
+    "pipeline.model.hidden_dim_color": 16,
+    "pipeline.model.appearance_dim": 8,
+    "pipeline.model.appearance_embedding_dim": 4,
+    "pipeline.model.eval_num_rays_per_chunk": 1024,
+    "pipeline.datamanager.ray_downscale": 2,
+    **FEW_RAYS,
+}
+"""Dotted ``TrainerConfig`` paths of the tiny training settings on CPU: a small torch field,
+few rays and samples (``FEW_RAYS``), rays at half the image size."""
+
+
+def below(prefix: str, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings under ``prefix`` (e.g. ``pipeline.model.``), named relative to it: the
+    keyword arguments of the config found there."""
+    return {path[len(prefix) :]: value for path, value in settings.items() if path.startswith(prefix)}
+
+
+def tiny_schedule(reconstruction: int, frozen: int, joint: int) -> Dict[str, int]:
+    """The three phases' step counts as dotted ``TrainerConfig`` paths."""
+    prefix = "pipeline.model.schedule."
+    return {f"{prefix}reconstruction_steps": reconstruction, f"{prefix}frozen_steps": frozen, f"{prefix}joint_steps": joint}
+
+
 # Checkpoints are saved after steps 3, 6 and 9: the first and last step of the frozen phase
 # (3..6) and the last joint step, so each phase's effect on each parameter group is visible.
 RECONSTRUCTION, FROZEN, JOINT, SAVE_EVERY = 3, 4, 3, 3
@@ -22,58 +71,34 @@ STEPS = RECONSTRUCTION + FROZEN + JOINT
 
 
 def tiny_train_args(scene: Path, output_dir: Path, cache_dir: Path) -> list:
-    """The tiny settings: all phases of the schedule, a small field, few rays and samples."""
-    model = "--pipeline.model."
-    data = "--pipeline.datamanager."
-    return [
-        "ovs3d",
-        "--machine.device-type", "cpu",
-        "--vis", "tensorboard",
-        "--output-dir", str(output_dir),
-        "--experiment-name", "tiny",
-        "--timestamp", "run",
-        "--max-num-iterations", str(STEPS),
-        "--steps-per-save", str(SAVE_EVERY),
-        "--save-only-latest-checkpoint", "False",
-        "--steps-per-eval-batch", "1000",
-        "--steps-per-eval-image", "1000",
-        "--steps-per-eval-all-images", "1000",
-        "--mixed-precision", "False",
-        f"{model}implementation", "torch",
-        f"{model}schedule.reconstruction-steps", str(RECONSTRUCTION),
-        f"{model}schedule.frozen-steps", str(FROZEN),
-        f"{model}schedule.joint-steps", str(JOINT),
-        f"{model}num-levels", "4",
-        f"{model}max-res", "64",
-        f"{model}log2-hashmap-size", "12",
-        f"{model}selection-num-levels", "2",
-        f"{model}selection-max-res", "32",
-        f"{model}selection-log2-hashmap-size", "10",
-        f"{model}hidden-dim", "16",
-        f"{model}hidden-dim-color", "16",
-        f"{model}appearance-dim", "8",
-        f"{model}appearance-embedding-dim", "4",
-        f"{model}num-proposal-samples-per-ray", "16", "8",
-        f"{model}num-nerf-samples-per-ray", "8",
-        f"{model}eval-num-rays-per-chunk", "1024",
-        f"{data}train-num-rays-per-batch", "64",
-        f"{data}ray-downscale", "2",
-        f"{data}pyramid.patch-fractions", "0.5", "0.34", "0.25",
-        f"{data}clip.model-name", "ovs3d-tiny-clip",
-        f"{data}clip.model-config-path", str(ASSETS / "ovs3d-tiny-clip.json"),
-        f"{data}clip.pretrained", "random",
-        f"{data}cache-dir", str(cache_dir),
-        f"{data}dino.pretrained", "random",
-        f"{data}dino.depth", "1",
-        f"{data}dino.embed-dim", "32",
-        f"{data}dino.num-heads", "2",
-        f"{data}num-patches", "2",
-        f"{data}patch-tokens", "2",
-        f"{data}patch-downscale", "2",
-        f"{data}patch-rays-per-token", "2",
-        "ovs3d-data",
-        "--data", str(scene),
-    ]  # fmt: skip
+    """``ns-train`` arguments of the tiny run: all phases of the schedule with the built-in
+    teachers on tiny architectures, ``TINY_TRAINING`` and two 2x2-token FDA patches."""
+    from ovs3d_nerfstudio.synthetic.benchmark import cli_flags
+
+    data = "pipeline.datamanager."
+    options = {
+        "vis": "tensorboard",
+        "output_dir": output_dir,
+        "experiment_name": "tiny",
+        "timestamp": "run",
+        "max_num_iterations": STEPS,
+        "steps_per_save": SAVE_EVERY,
+        "save_only_latest_checkpoint": False,
+        "steps_per_eval_batch": 1000,
+        "steps_per_eval_image": 1000,
+        "steps_per_eval_all_images": 1000,
+        **TINY_TRAINING,
+        **tiny_schedule(RECONSTRUCTION, FROZEN, JOINT),
+        f"{data}pyramid.patch_fractions": (0.5, 0.34, 0.25),
+        **{f"{data}clip.{name}": value for name, value in TINY_CLIP.items()},
+        f"{data}cache_dir": cache_dir,
+        **{f"{data}dino.{name}": value for name, value in TINY_DINO.items()},
+        f"{data}num_patches": 2,
+        f"{data}patch_tokens": 2,
+        f"{data}patch_downscale": 2,
+        f"{data}patch_rays_per_token": 2,
+    }
+    return ["ovs3d", *cli_flags(options), "ovs3d-data", "--data", str(scene)]
 
 
 def run_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:

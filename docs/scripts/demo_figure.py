@@ -14,7 +14,7 @@ from PIL import Image
 
 from nerfstudio.utils.eval_utils import eval_setup
 
-from ovs3d_nerfstudio.legend import legend_image
+from ovs3d_nerfstudio.legend_image import legend_image
 
 
 def main(run: Path, output: Path, scale: int = 3) -> None:

@@ -1,4 +1,4 @@
-"""Reading and validating the scene's text labels.
+"""Reading and validating the scene's text labels, and what a label map holds where no label is known.
 
 Labels are free text ("red apple", "a Hatsune Miku statue") and also name the mask files
 ``segmentations/<view>/<label>.png``, so two labels that differ only in case or spacing
@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from ovs3d_nerfstudio.errors import UserFacingError
+
+
+IGNORE = -1
+"""Ground-truth label map value of pixels that no mask covers: left out of ``miou`` and
+``accuracy``; the paper protocol counts them against whatever is predicted there."""
 
 
 class LabelError(UserFacingError, ValueError):

@@ -105,10 +105,9 @@ class Ovs3dDataParser(DataParser):
 
     * ``labels``: ``List[str]``, the classes in display order.
     * ``mask_paths``: ``Dict[int, Dict[str, Path]]``, index *within this split* -> label -> mask.
-    * ``mask_paths_by_view``: the same keyed by view index (position in the full sorted list).
-    * ``view_indices``: ``List[int]``, the view index of each image of this split.
     * ``near_far``: ``Tensor[num_split_images, 2]`` LLFF depth bounds in the output scale, or
-      ``None`` for nerfstudio-format data (which has no bounds).
+      ``None`` for nerfstudio-format data (which has no bounds). The camera paths aim at a
+      depth between them; ray sampling does not use them (docs/data.md says why).
     """
 
     config: Ovs3dDataParserConfig
@@ -145,8 +144,6 @@ class Ovs3dDataParser(DataParser):
                 for position, view in enumerate(indices)
                 if view in mask_paths_by_view
             },
-            mask_paths_by_view=mask_paths_by_view,
-            view_indices=list(indices),
             near_far=scene.near_far[index_tensor] if scene.near_far is not None else None,
         )
         aabb = self.config.scene_scale

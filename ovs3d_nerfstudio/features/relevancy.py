@@ -15,10 +15,19 @@ because a ray batch does not have the rendered selection of every pixel of the v
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from ovs3d_nerfstudio.losses import segmentation_logits
+FEATURE_EPS = 1e-6
+"""Floor of a feature's norm when it is normalised: a zero feature gets cosine 0, not NaN."""
+
+
+def class_cosines(features: Float[Tensor, "*batch D"], text: Float[Tensor, "C D"]) -> Float[Tensor, "*batch C"]:
+    """``cos(T, F)`` for every feature and class, both sides normalised here (not trusted to be
+    unit already): the cosine of Eq. 6 between text and pixel features, which Eq. 4's logits
+    apply to rendered features (``losses.segmentation_logits``)."""
+    return F.normalize(features, dim=-1, eps=FEATURE_EPS) @ F.normalize(text, dim=-1, eps=FEATURE_EPS).T
 
 
 def relevancy(
@@ -32,10 +41,10 @@ def relevancy(
     the C classes on that axis. So ``[Ns, D, H, W]`` with ``feature_dim=1`` (the official
     layout) gives ``[Ns, C, H, W]``, and channel-last ``[..., D]`` gives ``[..., C]``. An
     explicit axis, because a shape alone cannot tell ``[Ns, D, H, W]`` from
-    ``[Ns, H, W, D]`` when W == D. The cosine is the same as Eq. 4's logits, so it is the
-    same function: text and pixel features are compared exactly like rendered ones.
+    ``[Ns, H, W, D]`` when W == D. Text and pixel features are compared exactly like rendered
+    ones (:func:`class_cosines`).
     """
-    return segmentation_logits(features.movedim(feature_dim, -1), text).movedim(-1, feature_dim)
+    return class_cosines(features.movedim(feature_dim, -1), text).movedim(-1, feature_dim)
 
 
 def minmax_normalize(relevancy_maps: Float[Tensor, "*batch C H W"]) -> Float[Tensor, "*batch C H W"]:

@@ -6,7 +6,7 @@ The built-in teachers are imported only in ``setup``, so that reading the config
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ovs3d_nerfstudio.teachers.base import ClipTeacher, DenseTeacher, TeacherError, build_from_import_path
 
@@ -16,11 +16,16 @@ CUDA_CROPS_PER_BATCH = 512
 """On a GPU, in fp16: ~2 GB of activations for ViT-B/16, enough crops to keep the device busy."""
 
 
-def _unknown_source(kind: str, source: str, builtin: str) -> TeacherError:
-    return TeacherError(
-        f"Unknown {kind} teacher '{source}'. Use the built-in '{builtin}', or an import path "
-        "'package.module:factory' whose factory takes no arguments and returns the teacher."
-    )
+def build_teacher(source: str, builtin: str, build_builtin: Callable[[], object], protocol: type, kind: str) -> object:
+    """The built-in teacher when ``source`` names it, else the factory at the import path ``source``."""
+    if source == builtin:
+        return build_builtin()
+    if ":" not in source:
+        raise TeacherError(
+            f"Unknown {kind} teacher '{source}'. Use the built-in '{builtin}', or an import path "
+            "'package.module:factory' whose factory takes no arguments and returns the teacher."
+        )
+    return build_from_import_path(source, protocol)
 
 
 @dataclass
@@ -48,7 +53,8 @@ class ClipTeacherConfig:
 
     def setup(self, device: str = "cpu") -> ClipTeacher:
         """Builds the teacher; raises :class:`TeacherError` with the fix when it cannot."""
-        if self.source == "open_clip":
+
+        def open_clip_teacher() -> ClipTeacher:
             from ovs3d_nerfstudio.teachers.openclip import OpenClipTeacher
 
             return OpenClipTeacher(
@@ -59,9 +65,8 @@ class ClipTeacherConfig:
                 batch_size=self.crops_per_batch(device),
                 device=device,
             )
-        if ":" not in self.source:
-            raise _unknown_source("CLIP", self.source, "open_clip")
-        return build_from_import_path(self.source, ClipTeacher)  # type: ignore[return-value]
+
+        return build_teacher(self.source, "open_clip", open_clip_teacher, ClipTeacher, "CLIP")  # type: ignore[return-value]
 
 
 @dataclass
@@ -85,7 +90,8 @@ class DinoTeacherConfig:
 
     def setup(self, device: str = "cpu") -> DenseTeacher:
         """Builds the teacher; raises :class:`TeacherError` with the fix when it cannot."""
-        if self.source == "dino_v1":
+
+        def dino_teacher() -> DenseTeacher:
             from ovs3d_nerfstudio.teachers.dino import DinoTeacher
 
             return DinoTeacher(
@@ -97,6 +103,5 @@ class DinoTeacherConfig:
                 num_heads=self.num_heads,
                 device=device,
             )
-        if ":" not in self.source:
-            raise _unknown_source("dense", self.source, "dino_v1")
-        return build_from_import_path(self.source, DenseTeacher)  # type: ignore[return-value]
+
+        return build_teacher(self.source, "dino_v1", dino_teacher, DenseTeacher, "dense")  # type: ignore[return-value]

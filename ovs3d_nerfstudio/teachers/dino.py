@@ -20,15 +20,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from ovs3d_nerfstudio.teachers.base import TeacherError
-
-RANDOM_WEIGHTS = "random"
-"""Pretrained tag meaning "untrained, seeded weights"; for tests and benchmarks only."""
+from ovs3d_nerfstudio.teachers.weights import RANDOM_WEIGHTS, seeded_initialisation, weights_file
 
 OFFICIAL_WEIGHTS = "dino"
 """Pretrained tag for the official DINO v1 release weights."""
-
-_RANDOM_SEED = 0
-"""Seed for random weights, so that one identity always means one set of weights."""
 
 DINO_V1_ARCHITECTURES: Dict[str, Tuple[int, int, int, int]] = {
     "vit_small_patch16_224_dino": (16, 384, 12, 6),
@@ -102,12 +97,9 @@ class DinoTeacher:
                 f"Invalid DINO architecture {architecture}: sizes must be positive, embed_dim divisible by num_heads."
             )
 
+        checkpoint: Optional[Path]
         if weights_path is not None:
-            checkpoint: Optional[Path] = Path(weights_path).expanduser().resolve()
-            if not checkpoint.is_file():
-                raise TeacherError(f"DINO weights file '{checkpoint}' does not exist.")
-            stat = checkpoint.stat()
-            weights_identity = f"{checkpoint}:{stat.st_size}:{int(stat.st_mtime)}"
+            checkpoint, weights_identity = weights_file(weights_path, "DINO")
         elif pretrained == RANDOM_WEIGHTS:
             checkpoint = None
             weights_identity = RANDOM_WEIGHTS
@@ -128,8 +120,7 @@ class DinoTeacher:
             )
 
         pretrained_cfg = get_pretrained_cfg(model_name)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_RANDOM_SEED)
+        with seeded_initialisation():
             self.model = VisionTransformer(
                 img_size=pretrained_cfg["input_size"][-1], patch_size=patch_size, num_classes=0, **architecture
             )

@@ -25,12 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ovs3d_nerfstudio.teachers.base import TeacherError
-
-RANDOM_WEIGHTS = "random"
-"""Pretrained tag meaning "untrained, seeded weights"; for tests and benchmarks only."""
-
-_RANDOM_SEED = 0
-"""Seed for random weights, so that one identity always means one set of weights."""
+from ovs3d_nerfstudio.teachers.weights import RANDOM_WEIGHTS, seeded_initialisation, weights_file
 
 _HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 """Files open_clip fetches for an ``org/repo/`` hub entry, in its order of preference; a
@@ -158,11 +153,7 @@ class OpenClipTeacher:
 
         pretrained_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
         if weights_path is not None:
-            checkpoint = Path(weights_path).expanduser().resolve()
-            if not checkpoint.is_file():
-                raise TeacherError(f"CLIP weights file '{checkpoint}' does not exist.")
-            stat = checkpoint.stat()
-            weights_identity = f"{checkpoint}:{stat.st_size}:{int(stat.st_mtime)}"
+            checkpoint, weights_identity = weights_file(weights_path, "CLIP")
             if pretrained_cfg:
                 weights_identity += f":as-{pretrained}"
         elif pretrained == RANDOM_WEIGHTS:
@@ -182,8 +173,7 @@ class OpenClipTeacher:
         # The tag describes how its weights were trained (normalisation, QuickGELU) even when
         # the file comes from elsewhere; open_clip only applies it when it downloads itself.
         preprocess = {key: pretrained_cfg[key] for key in _PREPROCESS_KEYS if key in pretrained_cfg}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_RANDOM_SEED)
+        with seeded_initialisation():
             try:
                 self.model = open_clip.create_model(
                     model_name,
