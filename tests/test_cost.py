@@ -73,6 +73,7 @@ def test_datamanager_announces_the_crops_before_computing(tmp_path, tiny_clip_co
         dino=tiny_dino_config,
         cache_dir=tmp_path / "cache",
         ray_downscale=2,
+        clip_view_fraction=1.0,
         pyramid=PyramidConfig(patch_fractions=(0.5,)),
         serve_patches=False,
     )
