@@ -29,9 +29,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-# Norms below this count as "no feature": a zero vector gets cosine 0 and a bounded gradient
-# (1 / eps) instead of NaN. Features here (CLIP, rendered) have norms of order 1.
-FEATURE_EPS = 1e-6
+from ovs3d_nerfstudio.features.relevancy import FEATURE_EPS, class_cosines
 
 _LOG2 = math.log(2.0)
 
@@ -100,11 +98,12 @@ def segmentation_logits(
 ) -> Float[Tensor, "*batch C"]:
     """Eq. 4: ``z = cos(T, F^)``, one cosine per class; the label is ``argmax z``.
 
-    Both sides are normalised here (not trusted to be unit already) so the logits stay in
+    The cosine of Eq. 6 (:func:`class_cosines`), applied to rendered features. Both sides are
+    normalised there (not trusted to be unit already) so the logits stay in
     [-1, 1] whatever the head outputs; that range is what the temperature tau of Eq. 10 and
     the plain softmax of Eq. 5 were tuned for.
     """
-    return F.normalize(rendered, dim=-1, eps=FEATURE_EPS) @ F.normalize(text, dim=-1, eps=FEATURE_EPS).T
+    return class_cosines(rendered, text)
 
 
 def dot_product_logits(

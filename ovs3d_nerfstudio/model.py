@@ -32,7 +32,6 @@ from ovs3d_nerfstudio.palette import colourize, palette
 from ovs3d_nerfstudio.queries import CANONICAL_NEGATIVES, overlay, query_relevancy
 from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig, reconcile_iterations
 from ovs3d_nerfstudio.variants import VariantName, VariantOptions, resolve_options
-from ovs3d_nerfstudio.viewer import SegmentationPanel
 
 
 @dataclass
@@ -248,7 +247,6 @@ class Ovs3dModel(Model):
         self.rgb_loss = MSELoss()
         self.step = 0
         self.phase = self.config.schedule.phase(0)
-        self.segmentation = SegmentationPanel(self)
 
     @property
     def normalize_scale_targets(self) -> bool:

@@ -17,6 +17,7 @@ from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig
 from ovs3d_nerfstudio.model import Ovs3dModelConfig
 from ovs3d_nerfstudio.process import prepare_ovs3d_process
 from ovs3d_nerfstudio.variants import resolve_options
+from ovs3d_nerfstudio.viewer import SegmentationPanel
 
 
 @dataclass
@@ -58,6 +59,8 @@ class Ovs3dPipeline(VanillaPipeline):
         config.datamanager.selection_target_shift = config.model.fda_shift
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.datamanager.segmentation_start = config.model.schedule.reconstruction_steps
+        # nerfstudio's viewer installs the GUI elements it finds on the pipeline's modules.
+        self.segmentation_panel = SegmentationPanel(self.model)
 
     def load_pipeline(self, loaded_state, step: int) -> None:
         state = {key.removeprefix("module."): value for key, value in loaded_state.items()}

@@ -23,23 +23,18 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("data", ("data", "config_checks")),
     ("field", ("field",)),
     ("losses", ("losses", "schedule", "evaluation", "queries")),
-    ("model", ("model",)),
+    ("model", ("model", "viewer")),
     ("pipeline", ("pipeline", "process", "bundled_ffmpeg")),
     (
         "surfaces",
-        ("viewer", "runs", "legend", "export", "camera_paths", "demo", "config", "dataparser_config", "synthetic"),
+        ("runs", "legend", "export", "camera_paths", "demo", "config", "dataparser_config", "synthetic"),
     ),
 )
 """Each layer may import its own and the layers above it in this list, never one below.
 A name is a module or a subpackage (all of its modules). ``foundation`` holds what every layer
 may use: errors, the palette and its legend, the variant options, checkpoint allow-listing."""
 
-KNOWN_BACKWARD_IMPORTS = {
-    # The model builds the viewer panel in populate_modules (model.py, being reworked).
-    ("model", "viewer"),
-    # IGNORE lives in data/labels.py now; the datamanager still imports it through evaluation.
-    ("data.datamanager", "evaluation"),
-}
+KNOWN_BACKWARD_IMPORTS: Set[Tuple[str, str]] = set()
 """Backward imports (importer, imported; names below the package) that remain to be cut."""
 
 

@@ -37,6 +37,7 @@ from nerfstudio.model_components.ray_generators import RayGenerator
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from ovs3d_nerfstudio.config_checks import datamanager_problems, raise_if_any
+from ovs3d_nerfstudio.data.labels import IGNORE
 from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
 from ovs3d_nerfstudio.data.patches import (
     check_patch_fits,
@@ -46,7 +47,6 @@ from ovs3d_nerfstudio.data.patches import (
     sample_patch_origins,
 )
 from ovs3d_nerfstudio.errors import ConfigError, UserFacingError
-from ovs3d_nerfstudio.evaluation import IGNORE
 from ovs3d_nerfstudio.features.cache import FeatureCache
 from ovs3d_nerfstudio.features.clip_pyramid import (
     ClipFeatureStore,
