@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.patch_rays import measure  # noqa: E402
 from ovs3d_nerfstudio.data.procedural import render_scene  # noqa: E402
 from ovs3d_nerfstudio.features.clip_pyramid import PyramidConfig, extract_pyramid  # noqa: E402
-from ovs3d_nerfstudio.synthetic.benchmark import PROFILES, code_version, machine_description  # noqa: E402
+from benchmarks.lab.reports import code_version, machine_description  # noqa: E402
+from ovs3d_nerfstudio.synthetic.profiles import PROFILES  # noqa: E402
 from ovs3d_nerfstudio.synthetic.scenes import scene_layouts, write_benchmark_scene  # noqa: E402
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig  # noqa: E402
 

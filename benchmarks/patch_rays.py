@@ -34,13 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.perf_report import finish_report, run_context  # noqa: E402
 from benchmarks.perf_training import PhaseMemory  # noqa: E402
 from ovs3d_nerfstudio.schedule import Phase  # noqa: E402
-from ovs3d_nerfstudio.synthetic.benchmark import (  # noqa: E402
-    PROFILES,
-    Profile,
-    build_config,
-    code_version,
-    train,
-)
+from benchmarks.lab.reports import code_version  # noqa: E402
+from benchmarks.lab.training import train  # noqa: E402
+from ovs3d_nerfstudio.synthetic.profiles import PROFILES, Profile, build_config  # noqa: E402
 from ovs3d_nerfstudio.synthetic.scenes import write_benchmark_scene  # noqa: E402
 
 SETTINGS = (1, 8)

@@ -33,10 +33,10 @@ import torch
 # Runs as a script from any directory: make the repository's packages importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.lab.reports import load_average  # noqa: E402
 from benchmarks.perf_report import finish_report, run_context  # noqa: E402
 from ovs3d_nerfstudio.data.procedural import render_scene  # noqa: E402
 from ovs3d_nerfstudio.features.clip_pyramid import PyramidConfig, extract_pyramid, extract_pyramid_sequential  # noqa: E402
-from ovs3d_nerfstudio.synthetic.benchmark import load_average  # noqa: E402
 from ovs3d_nerfstudio.synthetic.scenes import scene_layouts  # noqa: E402
 from ovs3d_nerfstudio.synthetic.teachers import synthetic_clip  # noqa: E402
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig  # noqa: E402

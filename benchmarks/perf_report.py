@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ovs3d_nerfstudio.synthetic.benchmark import load_average, machine_description, write_results
+from benchmarks.lab.reports import load_average, machine_description, write_results
 
 
 def run_context(device: str) -> Dict[str, Any]:

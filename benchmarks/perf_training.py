@@ -41,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.perf_report import finish_report, run_context  # noqa: E402
 from ovs3d_nerfstudio.schedule import Phase  # noqa: E402
-from ovs3d_nerfstudio.synthetic.benchmark import PROFILES, build_config, load_average, train  # noqa: E402
+from benchmarks.lab.reports import load_average  # noqa: E402
+from benchmarks.lab.training import train  # noqa: E402
+from ovs3d_nerfstudio.synthetic.profiles import PROFILES, build_config  # noqa: E402
 from ovs3d_nerfstudio.synthetic.scenes import write_benchmark_scene  # noqa: E402
 from ovs3d_nerfstudio.variants import resolve_options  # noqa: E402
 

@@ -9,17 +9,24 @@ machine, load average, the equivalent ``ns-train`` commands) to JSON.
     python benchmarks/run_synthetic.py --scene desk --profile gpu --out benchmarks/results/desk_gpu.json
     python benchmarks/run_synthetic.py --scene shelf --profile cpu --methods baseline_2d full no_rda
 
-Profiles, methods and the runner live in ``ovs3d_nerfstudio/synthetic/benchmark.py``;
-docs/benchmarks.md explains the settings and holds the results.
+The rows and the runner live in ``benchmarks/lab/``, the profiles in
+``ovs3d_nerfstudio/synthetic/profiles.py``; docs/benchmarks.md explains the settings and holds
+the results.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from ovs3d_nerfstudio.synthetic.benchmark import PROFILES, REQUIRED_ROWS, ROWS, run_benchmark
-from ovs3d_nerfstudio.synthetic.scenes import scene_layouts
+# Runs as a script from any directory: make the repository's packages importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.lab.methods import REQUIRED_ROWS, ROWS  # noqa: E402
+from benchmarks.lab.runner import run_benchmark  # noqa: E402
+from ovs3d_nerfstudio.synthetic.profiles import PROFILES  # noqa: E402
+from ovs3d_nerfstudio.synthetic.scenes import scene_layouts  # noqa: E402
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ pairs of pure 8x8 cells less than 8 tokens apart (the CPU profile's FDA patch).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -121,7 +122,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="results JSON")
     args = parser.parse_args()
-    from ovs3d_nerfstudio.synthetic.benchmark import write_results
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
+    from benchmarks.lab.reports import write_results
 
     torch.set_num_threads(1)
     teacher_identities = {"clip": synthetic_clip().identity, "dino": synthetic_dino().identity}

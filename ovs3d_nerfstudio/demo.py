@@ -43,7 +43,7 @@ from ovs3d_nerfstudio.features.cache import default_cache_dir
 from ovs3d_nerfstudio.process import prepare_ovs3d_process
 
 if TYPE_CHECKING:
-    from ovs3d_nerfstudio.synthetic.benchmark import Profile
+    from ovs3d_nerfstudio.synthetic.profiles import Profile
 
 REAL_CLIP = ("ViT-B-16", "openai")
 REAL_DINO = "vit_base_patch8_224_dino"
@@ -211,10 +211,13 @@ def _path_frames(
 
 
 def run_demo(config: DemoConfig, profiles: Optional[Mapping[str, "Profile"]] = None) -> Dict[str, Path]:
-    """Runs the whole demo; returns the paths it wrote. ``profiles`` defaults to the benchmark's."""
+    """Runs the whole demo; returns the paths it wrote. ``profiles`` defaults to the synthetic benchmark's."""
+    from nerfstudio.engine.trainer import Trainer
+
     from ovs3d_nerfstudio.legend_image import write_legend
-    from ovs3d_nerfstudio.synthetic.benchmark import PROFILES, build_config, evaluate, train
+    from ovs3d_nerfstudio.synthetic.profiles import PROFILES, build_config
     from ovs3d_nerfstudio.synthetic.scenes import scene_layouts, write_benchmark_scene
+    from ovs3d_nerfstudio.training import evaluate, train_in_process
 
     profiles = PROFILES if profiles is None else profiles
     if config.scene not in scene_layouts():
@@ -262,16 +265,16 @@ def run_demo(config: DemoConfig, profiles: Optional[Mapping[str, "Profile"]] = N
     trainer_config = build_config(profile, teacher_overrides, scene, run_dir, "demo")
     trainer_config.pipeline.datamanager.cache_dir = config.cache_dir or default_cache_dir()
     trainer_config.steps_per_save = trainer_config.max_num_iterations
-    trainer_config.save_config()  # what ns-train writes first: ns-viewer/ns-eval/ns-render load it
-    trained = train(trainer_config)
-    pipeline = trained.trainer.pipeline
+    trainer = Trainer(trainer_config, local_rank=0, world_size=1)
+    train_in_process(trainer)
+    pipeline = trainer.pipeline
     config_path = trainer_config.get_base_dir() / "config.yml"
 
     CONSOLE.print("[bold]3/4[/bold] evaluating (ns-eval's code path)")
     model = pipeline.model
     labels_per_eval_view: List[int] = []
     results = evaluate(
-        trained.trainer, on_view=lambda predicted, truth: labels_per_eval_view.append(labels_shown(predicted, len(model.labels)))
+        pipeline, on_view=lambda predicted, truth: labels_per_eval_view.append(labels_shown(predicted, len(model.labels)))
     )
 
     CONSOLE.print("[bold]4/4[/bold] rendering the label video along the scene's spiral, and the legend")

@@ -14,7 +14,7 @@ Both are per view; ns-eval (and the benchmark) average them over the views.
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from jaxtyping import Int
@@ -105,3 +105,32 @@ def per_class_iou(averaged: Dict[str, float]) -> Dict[str, float]:
             label = key[len("union/") :]
             result[f"iou/{label}"] = averaged[f"intersection/{label}"] / value
     return result
+
+
+def pooled_class_iou(pairs: Sequence[Tuple[Tensor, Tensor]], labels: Sequence[str]) -> Dict[str, Optional[float]]:
+    """Per-class IoU with intersections and unions summed over all (prediction, ground truth)
+    views, None for a class that never occurs: a diagnostic, the headline mIoU is the per-view
+    mean of :func:`segmentation_metrics`."""
+    intersection = torch.zeros(len(labels), dtype=torch.float64)
+    union = torch.zeros(len(labels), dtype=torch.float64)
+    for predicted, truth in pairs:
+        labelled = truth != IGNORE
+        counts = _class_counts(predicted[labelled], truth[labelled], len(labels))
+        intersection += counts[0].cpu()
+        union += counts[1].cpu()
+    return {label: (float(i / u) if u > 0 else None) for label, i, u in zip(labels, intersection, union)}
+
+
+def confusions(pairs: Sequence[Tuple[Tensor, Tensor]], labels: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """For each true class, the fraction of its labelled pixels given each predicted label (nonzero only)."""
+    num = len(labels)
+    matrix = torch.zeros(num, num, dtype=torch.float64)
+    for predicted, truth in pairs:
+        labelled = truth != IGNORE
+        pixels = truth[labelled].long() * num + predicted[labelled].long()
+        matrix += torch.bincount(pixels.cpu(), minlength=num * num).view(num, num).double()
+    rows = matrix / matrix.sum(dim=1, keepdim=True).clamp_min(1)
+    return {
+        labels[t]: {labels[p]: round(float(rows[t, p]), 4) for p in range(num) if rows[t, p] > 0}
+        for t in range(num)
+    }

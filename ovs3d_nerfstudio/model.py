@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Callable, Dict, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -191,6 +191,9 @@ class Ovs3dModel(Model):
         self.display_labels: List[str] = list(self.labels)
         self._display_text: Optional[Tensor] = None
         self._query: Optional[Tensor] = None
+        self.eval_view_listeners: List[Callable[[Tensor, Tensor], None]] = []
+        """Called with (predicted, ground-truth) label maps on the CPU for every annotated view
+        that ns-eval's code path scores (:meth:`get_image_metrics_and_images`)."""
 
         contraction = SceneContraction(order=float("inf"))
         self.field = Ovs3dField(
@@ -492,6 +495,8 @@ class Ovs3dModel(Model):
             metrics.update(segmentation_metrics(predicted, ground_truth, len(self.labels)))
             metrics.update(class_count_metrics(predicted, ground_truth, self.display_labels))
             metrics.update(paper_metrics(predicted, ground_truth, self.display_labels))
+            for listener in self.eval_view_listeners:
+                listener(predicted.cpu(), ground_truth.cpu())
             images["labels_overlay"] = outputs["labels_overlay"]
         return metrics, images
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Type
+from typing import Dict, Literal, Optional, Type
 
+from torch import Tensor
 from torch.cuda.amp.grad_scaler import GradScaler
 
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
@@ -16,6 +17,7 @@ from ovs3d_nerfstudio.evaluation import per_class_iou
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig
 from ovs3d_nerfstudio.model import Ovs3dModelConfig
 from ovs3d_nerfstudio.process import prepare_ovs3d_process
+from ovs3d_nerfstudio.schedule import TRAINABLE, Phase
 from ovs3d_nerfstudio.variants import resolve_options
 from ovs3d_nerfstudio.viewer import SegmentationPanel
 
@@ -65,7 +67,26 @@ class Ovs3dPipeline(VanillaPipeline):
     def load_pipeline(self, loaded_state, step: int) -> None:
         state = {key.removeprefix("module."): value for key, value in loaded_state.items()}
         self.model.match_checkpoint(state)
-        super().load_pipeline(state, step)
+        super().load_pipeline(self.keep_untrained_initial_values(state, step), step)
+
+    def keep_untrained_initial_values(self, state: Dict[str, Tensor], step: int) -> Dict[str, Tensor]:
+        """``state`` with this model's own values for the parameters a reconstruction-phase
+        checkpoint never trained (selection volume, CLIP head) where their shapes differ.
+
+        So a reconstruction checkpoint (``--load-checkpoint``) starts any segmentation set-up,
+        e.g. one with another number of scales. Any other mismatch is left for
+        ``load_state_dict`` to refuse.
+        """
+        if self.model.config.schedule.phase(step) is not Phase.RECONSTRUCTION:
+            return state
+        model = self.model
+        trained = {id(p) for group in TRAINABLE[Phase.RECONSTRUCTION] for p in model.get_param_groups()[group]}
+        current = self.state_dict()
+        untrained = {f"_model.{name}" for name, p in model.named_parameters() if id(p) not in trained}
+        return {
+            key: current[key] if key in untrained and key in current and current[key].shape != value.shape else value
+            for key, value in state.items()
+        }
 
     def get_average_image_metrics(
         self, data_loader, image_prefix: str, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False

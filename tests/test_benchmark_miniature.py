@@ -13,18 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ovs3d_nerfstudio.synthetic.benchmark import (
-    BASELINE,
-    BASELINE_RDA,
-    METHODS,
-    PROFILES,
-    SYNTHETIC_CLIP,
-    SYNTHETIC_DINO,
-    Profile,
-    cli_flags,
-    format_table,
-    run_benchmark,
-)
+from benchmarks.lab.methods import BASELINE, BASELINE_RDA, METHODS
+from benchmarks.lab.reports import format_table
+from benchmarks.lab.runner import run_benchmark
+from ovs3d_nerfstudio.synthetic.profiles import PROFILES, SYNTHETIC_CLIP, SYNTHETIC_DINO, Profile, cli_flags
 
 from tiny_run import TINY_TRAINING, tiny_schedule
 

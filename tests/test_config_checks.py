@@ -23,9 +23,10 @@ from ovs3d_nerfstudio.config_checks import (
 )
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig, clip_view_subset
 from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
-from ovs3d_nerfstudio.data.procedural import tiny_scene_spec, write_scene
+from ovs3d_nerfstudio.data.procedural import write_scene
+from tiny_scene import tiny_scene_spec
 from ovs3d_nerfstudio.errors import ConfigError
-from ovs3d_nerfstudio.synthetic.benchmark import set_path
+from ovs3d_nerfstudio.synthetic.profiles import set_path
 from tiny_run import tiny_train_args
 
 # One value each rule must reject (the attribute path below the pipeline config).

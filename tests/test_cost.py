@@ -63,7 +63,8 @@ def test_no_advice_when_fast_or_already_on_a_gpu():
 def test_datamanager_announces_the_crops_before_computing(tmp_path, tiny_clip_config, tiny_dino_config, capsys):
     from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig
     from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
-    from ovs3d_nerfstudio.data.procedural import tiny_scene_spec, write_scene
+    from ovs3d_nerfstudio.data.procedural import write_scene
+from tiny_scene import tiny_scene_spec
     from ovs3d_nerfstudio.features.clip_pyramid import PyramidConfig, count_windows
 
     scene = write_scene(tiny_scene_spec(seed=1), tmp_path / "scene", mask_views=[0])

@@ -18,7 +18,8 @@ from nerfstudio.cameras.rays import RayBundle
 
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManager, Ovs3dDataManagerConfig
 from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
-from ovs3d_nerfstudio.data.procedural import tiny_scene_spec, write_scene
+from ovs3d_nerfstudio.data.procedural import write_scene
+from tiny_scene import tiny_scene_spec
 from ovs3d_nerfstudio.features.relevancy import normalized_relevancy_maps
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig, DinoTeacherConfig
 from tiny_run import TINY_CLIP, TINY_DINO, TINY_TRAINING, below

@@ -12,7 +12,8 @@ from PIL import Image
 
 from ovs3d_nerfstudio.data.labels import LabelError, read_labels, validate_labels
 from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataError, Ovs3dDataParserConfig
-from ovs3d_nerfstudio.data.procedural import render_scene, tiny_scene_spec, write_scene
+from ovs3d_nerfstudio.data.procedural import render_scene, write_scene
+from tiny_scene import tiny_scene_spec
 
 MASK_VIEWS = (0, 3, 5)
 SPEC = tiny_scene_spec(seed=2)

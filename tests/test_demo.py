@@ -12,7 +12,7 @@ import torch
 
 from ovs3d_nerfstudio.demo import DemoConfig, labels_shown, run_demo, video_frame
 from ovs3d_nerfstudio.errors import UserFacingError
-from ovs3d_nerfstudio.synthetic.benchmark import PROFILES, Profile
+from ovs3d_nerfstudio.synthetic.profiles import PROFILES, Profile
 from tiny_run import FEW_RAYS, tiny_schedule
 
 MINIATURE = Profile(

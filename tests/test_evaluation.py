@@ -7,7 +7,8 @@ import torch
 
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataset
 from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
-from ovs3d_nerfstudio.data.procedural import render_scene, tiny_scene_spec, write_scene
+from ovs3d_nerfstudio.data.procedural import render_scene, write_scene
+from tiny_scene import tiny_scene_spec
 from ovs3d_nerfstudio.evaluation import (
     IGNORE,
     class_count_metrics,

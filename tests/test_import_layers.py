@@ -27,7 +27,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("pipeline", ("pipeline", "process", "bundled_ffmpeg")),
     (
         "surfaces",
-        ("runs", "legend", "export", "camera_paths", "demo", "config", "dataparser_config", "synthetic"),
+        ("runs", "training", "legend", "export", "camera_paths", "demo", "config", "dataparser_config", "synthetic"),
     ),
 )
 """Each layer may import its own and the layers above it in this list, never one below.

@@ -13,9 +13,9 @@ from ovs3d_nerfstudio.data.procedural import (
     mask_folder_name,
     pixel_rays,
     render_scene,
-    tiny_scene_spec,
     write_scene,
 )
+from tiny_scene import tiny_scene_spec
 
 MASK_VIEWS = (0, 3, 5)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ovs3d_nerfstudio.data.procedural import tiny_scene_spec, write_scene
+from ovs3d_nerfstudio.data.procedural import write_scene
+from tiny_scene import tiny_scene_spec
 from tiny_run import STEPS, run_cli, tiny_train_args
 
 

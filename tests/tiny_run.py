@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-from ovs3d_nerfstudio.data.procedural import tiny_scene_spec, write_scene
+from ovs3d_nerfstudio.data.procedural import write_scene
+from tiny_scene import tiny_scene_spec
 
 ASSETS = Path(__file__).parent / "assets"
 TINY_CLIP_JSON = ASSETS / "ovs3d-tiny-clip.json"
@@ -73,7 +74,7 @@ STEPS = RECONSTRUCTION + FROZEN + JOINT
 def tiny_train_args(scene: Path, output_dir: Path, cache_dir: Path) -> list:
     """``ns-train`` arguments of the tiny run: all phases of the schedule with the built-in
     teachers on tiny architectures, ``TINY_TRAINING`` and two 2x2-token FDA patches."""
-    from ovs3d_nerfstudio.synthetic.benchmark import cli_flags
+    from ovs3d_nerfstudio.synthetic.profiles import cli_flags
 
     data = "pipeline.datamanager."
     options = {

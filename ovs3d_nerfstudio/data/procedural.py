@@ -3,8 +3,9 @@
 The real 3D-OVS scenes cannot be downloaded on every machine, and their masks cover only
 five views. A scene ray-cast analytically from spheres, boxes and planes gives images,
 poses and a label for *every* pixel of *every* view, with no randomness outside ``seed``.
-Tests use it to check the dataparser end to end; the synthetic benchmark and the demo
-reuse it, so everything here is plain numpy and free of test assumptions.
+The synthetic benchmark's scenes and the demo are built with it, and tests use it to check the
+dataparser end to end (their tiny scene is ``tests/tiny_scene.py``); everything here is plain
+numpy and free of test assumptions.
 
 Conventions: world units are arbitrary; camera-to-world matrices are OpenGL / nerfstudio
 ([right, up, backwards] columns, the camera looks along -z); a pixel's ray passes
@@ -249,40 +250,6 @@ def write_scene(spec: SceneSpec, root: Path, mask_views: Sequence[int]) -> Path:
             mask: Bool[np.ndarray, "H W"] = scene.label_maps[view] == label_id
             Image.fromarray(mask.astype(np.uint8) * 255).save(view_dir / f"{label}.png")
     return root
-
-
-def tiny_scene_spec(seed: int = 0) -> SceneSpec:
-    """A 64x48, 8-view scene: a wood wall, a lawn floor and three objects of different sizes.
-
-    ``seed`` jitters the object layout along the floor (by at most 0.08 units) and seeds the noise
-    texture, so different seeds give different but equally well-framed scenes.
-    """
-    rng = np.random.default_rng(seed)
-
-    def on_floor(x: float, y: float, z: float) -> Vec3:
-        """Jitters a point along the floor (x, z) only, so that objects keep resting on it."""
-        dx, dz = rng.uniform(-0.08, 0.08, size=2)
-        return (x + float(dx), y, z + float(dz))
-
-    apple_center = on_floor(-0.5, -0.3, 0.1)
-    mug_lower = on_floor(0.15, -0.6, -0.15)
-    lemon_center = on_floor(-0.05, -0.42, -0.55)
-    return SceneSpec(
-        objects=[
-            Sphere(label="red apple", albedo=(0.85, 0.12, 0.1), texture="noise", center=apple_center, radius=0.3),
-            Box(
-                label="blue mug",
-                albedo=(0.15, 0.3, 0.9),
-                texture="checker",
-                lower=mug_lower,
-                upper=(mug_lower[0] + 0.45, mug_lower[1] + 0.55, mug_lower[2] + 0.35),
-            ),
-            Sphere(label="yellow lemon", albedo=(0.95, 0.85, 0.15), center=lemon_center, radius=0.18),
-        ],
-        floor=Plane(label="green lawn", albedo=(0.2, 0.65, 0.2), texture="noise", axis=1, offset=-0.6),
-        wall=Plane(label="wood wall", albedo=(0.6, 0.42, 0.25), texture="stripes", axis=2, offset=-1.5),
-        seed=seed,
-    )
 
 
 def _normalize(vectors: np.ndarray) -> np.ndarray:

@@ -29,23 +29,15 @@ from torch import Tensor
 
 from ovs3d_nerfstudio import losses
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManager, load_label_map
-from ovs3d_nerfstudio.evaluation import IGNORE, segmentation_metrics
+from ovs3d_nerfstudio.data.labels import IGNORE
+from ovs3d_nerfstudio.evaluation import pooled_class_iou, segmentation_metrics
 from ovs3d_nerfstudio.features.relevancy import normalized_relevancy_maps
 from ovs3d_nerfstudio.model import Ovs3dModel
 
 
-def pooled_class_iou(pairs: Sequence[Tuple[Tensor, Tensor]], labels: Sequence[str]) -> Dict[str, Any]:
-    """Per-class IoU with intersections and unions summed over all views (None where a class never occurs)."""
-    num = len(labels)
-    intersection = torch.zeros(num, dtype=torch.float64)
-    union = torch.zeros(num, dtype=torch.float64)
-    for predicted, truth in pairs:
-        keep = truth != IGNORE
-        predicted_onehot = predicted[keep][None] == torch.arange(num)[:, None]
-        true_onehot = truth[keep][None] == torch.arange(num)[:, None]
-        intersection += (predicted_onehot & true_onehot).sum(dim=1).double()
-        union += (predicted_onehot | true_onehot).sum(dim=1).double()
-    return {label: (round(float(i / u), 4) if u > 0 else None) for label, i, u in zip(labels, intersection, union)}
+def rounded_class_iou(pairs: Sequence[Tuple[Tensor, Tensor]], labels: Sequence[str]) -> Dict[str, Any]:
+    """:func:`pooled_class_iou` to 4 digits (None where a class never occurs)."""
+    return {label: (None if iou is None else round(iou, 4)) for label, iou in pooled_class_iou(pairs, labels).items()}
 
 
 def _mean_miou(pairs: Sequence[Tuple[Tensor, Tensor]], num_classes: int) -> float:
@@ -151,7 +143,7 @@ def diagnose(model: Ovs3dModel, datamanager: Ovs3dDataManager) -> Dict[str, Any]
     return {
         "resolution": [width, height],
         "miou": {name: round(_mean_miou(pairs, num_classes), 4) for name, pairs in sources.items()},
-        "class_iou": {name: pooled_class_iou(pairs, labels) for name, pairs in sources.items()},
+        "class_iou": {name: rounded_class_iou(pairs, labels) for name, pairs in sources.items()},
         "selection_weight": {
             label: ([round(float(w), 4) for w in selection_sum[c] / count[c]] if pixel_count[c] > 0 else None)
             for c, label in enumerate(labels)
