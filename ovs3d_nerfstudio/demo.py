@@ -212,8 +212,6 @@ def _path_frames(
 
 def run_demo(config: DemoConfig, profiles: Optional[Mapping[str, "Profile"]] = None) -> Dict[str, Path]:
     """Runs the whole demo; returns the paths it wrote. ``profiles`` defaults to the synthetic benchmark's."""
-    from nerfstudio.engine.trainer import Trainer
-
     from ovs3d_nerfstudio.legend_image import write_legend
     from ovs3d_nerfstudio.synthetic.profiles import PROFILES, build_config
     from ovs3d_nerfstudio.synthetic.scenes import scene_layouts, write_benchmark_scene
@@ -265,7 +263,7 @@ def run_demo(config: DemoConfig, profiles: Optional[Mapping[str, "Profile"]] = N
     trainer_config = build_config(profile, teacher_overrides, scene, run_dir, "demo")
     trainer_config.pipeline.datamanager.cache_dir = config.cache_dir or default_cache_dir()
     trainer_config.steps_per_save = trainer_config.max_num_iterations
-    trainer = Trainer(trainer_config, local_rank=0, world_size=1)
+    trainer = trainer_config.setup(local_rank=0, world_size=1)
     train_in_process(trainer)
     pipeline = trainer.pipeline
     config_path = trainer_config.get_base_dir() / "config.yml"

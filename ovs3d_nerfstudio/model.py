@@ -30,7 +30,7 @@ from ovs3d_nerfstudio.field import ClipHead, FieldOutput, Ovs3dField
 from ovs3d_nerfstudio.data.labels import validate_labels
 from ovs3d_nerfstudio.palette import colourize, palette
 from ovs3d_nerfstudio.queries import CANONICAL_NEGATIVES, overlay, query_relevancy
-from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig, reconcile_iterations
+from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig
 from ovs3d_nerfstudio.variants import VariantName, VariantOptions, resolve_options
 
 
@@ -301,8 +301,8 @@ class Ovs3dModel(Model):
             "clip_head": list(self.clip_head.parameters()),
         }
 
-    def enter_step(self, step: int, optimizers=None) -> None:
-        """Sets the phase, the frozen groups and the learning rates for ``step``.
+    def enter_step(self, step: int) -> None:
+        """Sets the phase and the frozen groups for ``step`` (learning rates: ``schedule.PhaseScheduler``).
 
         A pure function of the step, so a resumed run lands in the right phase.
         """
@@ -315,24 +315,13 @@ class Ovs3dModel(Model):
             trainable = group in TRAINABLE[phase]
             for param in params:
                 param.requires_grad_(trainable)
-        if optimizers is not None:
-            for group, optimizer in optimizers.optimizers.items():
-                for param_group in optimizer.param_groups:
-                    param_group["lr"] = self.config.schedule.learning_rate(group, step)
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
-        trainer = training_callback_attributes.trainer
-        if trainer is not None:
-            trainer.config.max_num_iterations, message = reconcile_iterations(
-                self.config.schedule, trainer._start_step, trainer.config.max_num_iterations
-            )
-            if message:
-                CONSOLE.print(f"ovs3d: {message}")
         anneal_iters = self.config.proposal_weights_anneal_max_num_iters
         slope = self.config.proposal_weights_anneal_slope
 
         def before_step(step: int) -> None:
-            self.enter_step(step, training_callback_attributes.optimizers)
+            self.enter_step(step)
             fraction = np.clip(step / anneal_iters, 0, 1)
             self.proposal_sampler.set_anneal(slope * fraction / ((slope - 1) * fraction + 1))
 

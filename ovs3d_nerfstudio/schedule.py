@@ -11,14 +11,23 @@
 Segmentation learning rates decay exponentially to ``decay`` x over the whole
 segmentation stage (TensoRF's per-iteration decay, which the official code inherits).
 Everything is a pure function of the global step, so resuming a checkpoint lands in the
-right phase with the right learning rates.
+right phase with the right learning rates. Each parameter group's optimizer gets its rates
+from a nerfstudio scheduler, :class:`PhaseSchedulerConfig`, set in the method's optimizers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple, Type
+
+import tyro
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from nerfstudio.engine.schedulers import Scheduler, SchedulerConfig
+
+from ovs3d_nerfstudio.errors import ConfigError
 
 
 class Phase(str, Enum):
@@ -90,20 +99,47 @@ class ScheduleConfig:
         return base * self.segmentation_decay ** min(progress, 1.0)
 
 
-DEFAULT_MAX_NUM_ITERATIONS = ScheduleConfig().total_steps
-"""``--max-num-iterations`` of the registered method: the default schedule's length."""
+@dataclass
+class PhaseSchedulerConfig(SchedulerConfig):
+    """One parameter group's learning rate through the phases: :meth:`ScheduleConfig.learning_rate`."""
+
+    _target: Type = field(default_factory=lambda: PhaseScheduler)
+    group: str = ""
+    """Parameter group (a key of ``Ovs3dModel.get_param_groups``)."""
+    schedule: tyro.conf.Suppress[Optional[ScheduleConfig]] = None
+    """The model's schedule (``--pipeline.model.schedule.*``), handed over by
+    ``Ovs3dTrainerConfig.resolved`` when the trainer is made: one schedule, not a copy per group."""
 
 
-def reconcile_iterations(schedule: ScheduleConfig, start_step: int, max_num_iterations: int) -> Tuple[int, str]:
+class PhaseScheduler(Scheduler):
+    """A ``LambdaLR`` whose factor at step s is the schedule's rate divided by the optimizer's
+    initial one. Like nerfstudio's schedulers it counts the steps it is stepped: a step that the
+    mixed-precision gradient scaler skips does not advance it (phases, and which groups are
+    frozen, follow the trainer's step in the model)."""
+
+    config: PhaseSchedulerConfig
+
+    def get_scheduler(self, optimizer: Optimizer, lr_init: float) -> LambdaLR:
+        schedule, group = self.config.schedule, self.config.group
+        if schedule is None:
+            raise ConfigError(f"the '{group}' phase scheduler has no schedule: set up the trainer with Ovs3dTrainerConfig")
+        if lr_init <= 0:
+            raise ConfigError(f"the '{group}' optimizer needs a positive lr for the phase scheduler to scale, not {lr_init}")
+        return LambdaLR(optimizer, lambda step: schedule.learning_rate(group, step) / lr_init)
+
+
+def reconcile_iterations(
+    schedule: ScheduleConfig, start_step: int, max_num_iterations: Optional[int]
+) -> Tuple[int, str]:
     """The number of steps ``ns-train`` should run, and a message when it differs or falls short.
 
     nerfstudio runs ``max_num_iterations`` steps from ``start_step`` (a resumed run continues
-    from its checkpoint). Left at the method's default, it follows the schedule, so changing a
-    phase length is enough; set explicitly, it is kept, with a warning when training would
-    stop before the schedule ends.
+    from its checkpoint). Left at None, it follows the schedule, so changing a phase length is
+    enough; given, it is kept as given, with a warning when training would stop before the
+    schedule ends.
     """
     steps_left = max(schedule.total_steps - start_step, 0)
-    if max_num_iterations == DEFAULT_MAX_NUM_ITERATIONS and steps_left != max_num_iterations:
+    if max_num_iterations is None:
         return steps_left, (
             f"training to the end of the schedule: {steps_left} steps from step {start_step} "
             f"(reconstruction {schedule.reconstruction_steps} + frozen {schedule.frozen_steps} "

@@ -1,8 +1,12 @@
 """The staged schedule: phases, frozen groups and learning rates are functions of the step."""
 
 import pytest
+import torch
 
-from ovs3d_nerfstudio.schedule import DEFAULT_MAX_NUM_ITERATIONS, TRAINABLE, Phase, ScheduleConfig, reconcile_iterations
+from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, PhaseSchedulerConfig, ScheduleConfig, reconcile_iterations
+
+PAPER_TOTAL = ScheduleConfig().total_steps
+GROUPS = ("proposal_networks", "density", "appearance", "rgb_head", "selection", "clip_head")
 
 
 def test_paper_defaults():
@@ -45,11 +49,11 @@ def test_segmentation_decays_to_a_tenth():
 
 def test_default_max_iterations_follow_a_shorter_schedule():
     schedule = ScheduleConfig(reconstruction_steps=100, frozen_steps=20, joint_steps=40)
-    steps, message = reconcile_iterations(schedule, start_step=0, max_num_iterations=DEFAULT_MAX_NUM_ITERATIONS)
+    steps, message = reconcile_iterations(schedule, start_step=0, max_num_iterations=None)
     assert steps == 160
     assert "160 steps" in message
     # Resumed at step 150: only the 10 steps left are run.
-    assert reconcile_iterations(schedule, 150, DEFAULT_MAX_NUM_ITERATIONS)[0] == 10
+    assert reconcile_iterations(schedule, 150, None)[0] == 10
 
 
 def test_explicit_max_iterations_are_kept_and_a_short_run_is_flagged():
@@ -59,4 +63,39 @@ def test_explicit_max_iterations_are_kept_and_a_short_run_is_flagged():
     assert "segmentation-frozen" in message and "--max-num-iterations 160" in message
     assert reconcile_iterations(schedule, 0, 160) == (160, "")
     assert reconcile_iterations(schedule, 0, 500) == (500, "")
-    assert reconcile_iterations(ScheduleConfig(), 0, DEFAULT_MAX_NUM_ITERATIONS) == (DEFAULT_MAX_NUM_ITERATIONS, "")
+    assert reconcile_iterations(ScheduleConfig(), 0, PAPER_TOTAL) == (PAPER_TOTAL, "")
+    # Given explicitly, the paper schedule's length is kept even when the schedule is shorter.
+    assert reconcile_iterations(schedule, 0, PAPER_TOTAL) == (PAPER_TOTAL, "")
+
+
+def test_the_phase_scheduler_gives_every_group_the_schedules_rate_at_every_step():
+    schedule = ScheduleConfig(reconstruction_steps=10, frozen_steps=5, joint_steps=5)
+    for group in GROUPS:
+        parameter = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.Adam([parameter], lr=1e-2)
+        scheduler = PhaseSchedulerConfig(group=group, schedule=schedule).setup().get_scheduler(optimizer, lr_init=1e-2)
+        for step in range(schedule.total_steps):
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(schedule.learning_rate(group, step), abs=1e-12)
+            optimizer.step()
+            scheduler.step()
+
+
+def test_the_method_trains_with_phase_schedulers_and_explicit_iterations_are_kept(tmp_path):
+    """``--max-num-iterations`` given equal to the paper schedule's length is honoured on a
+    shorter schedule; left out, training follows the schedule, from a loaded checkpoint's step."""
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    def parse(*flags):
+        args = ["ovs3d", "--pipeline.model.schedule.reconstruction-steps", "100", *flags, "ovs3d-data", "--data", str(tmp_path)]
+        return tyro.cli(AnnotatedBaseConfigUnion, args=args)
+
+    assert parse("--max-num-iterations", str(PAPER_TOTAL)).resolved().max_num_iterations == PAPER_TOTAL
+    config = parse()
+    resolved = config.resolved()
+    assert resolved.max_num_iterations == 100 + 5000 + 10000
+    for group, entry in resolved.optimizers.items():
+        assert entry["scheduler"].group == group and entry["scheduler"].schedule is config.pipeline.model.schedule
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "step-000000099.ckpt").touch()
+    assert parse("--load-dir", str(tmp_path / "models")).resolved().max_num_iterations == 15000

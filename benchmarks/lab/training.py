@@ -18,6 +18,7 @@ import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 
+from ovs3d_nerfstudio.config import Ovs3dTrainerConfig
 from ovs3d_nerfstudio.training import train_in_process
 
 from benchmarks.lab.diagnostics import ray_resolution_miou
@@ -114,7 +115,7 @@ class TrainedRun:
     train_seconds: float
 
 
-def train(config: TrainerConfig, resume: Optional[Path] = None, before_train: Optional[Callable[[Trainer], None]] = None) -> TrainedRun:
+def train(config: Ovs3dTrainerConfig, resume: Optional[Path] = None, before_train: Optional[Callable[[Trainer], None]] = None) -> TrainedRun:
     """Trains ``config`` in this process with nerfstudio's Trainer; optionally from a checkpoint.
 
     ``resume`` is loaded as ``--load-checkpoint`` loads it (the pipeline keeps its own initial
@@ -126,7 +127,7 @@ def train(config: TrainerConfig, resume: Optional[Path] = None, before_train: Op
     if resume is not None:
         config.load_checkpoint = Path(resume)
     log = IterationLog()
-    trainer = LabTrainer(config, log)
+    trainer = LabTrainer(config.resolved(), log)
     times = train_in_process(trainer, before_train)
     return TrainedRun(trainer, log, times.setup_seconds, times.train_seconds)
 

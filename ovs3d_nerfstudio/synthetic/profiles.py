@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from nerfstudio.engine.trainer import TrainerConfig
-
-from ovs3d_nerfstudio.config import ovs3d_method
+from ovs3d_nerfstudio.config import Ovs3dTrainerConfig, ovs3d_method
 
 SYNTHETIC_CLIP = "ovs3d_nerfstudio.synthetic.teachers:synthetic_clip"
 SYNTHETIC_DINO = "ovs3d_nerfstudio.synthetic.teachers:synthetic_dino"
@@ -182,14 +180,14 @@ def build_config(
     scene: Path,
     workdir: Path,
     run_name: str,
-) -> TrainerConfig:
+) -> Ovs3dTrainerConfig:
     """The registered ``ovs3d`` TrainerConfig with the profile's and the method's overrides.
 
     Training runs in this process without a viewer (``vis tensorboard``: the event files hold
     the loss curves) and without in-training evaluation; features are cached under
     ``workdir/cache`` so that all rows share one extraction per pyramid setting.
     """
-    config: TrainerConfig = copy.deepcopy(ovs3d_method.config)
+    config: Ovs3dTrainerConfig = copy.deepcopy(ovs3d_method.config)
     for path, value in {**profile.overrides, **method_overrides}.items():
         set_path(config, path, value)
     schedule = config.pipeline.model.schedule
