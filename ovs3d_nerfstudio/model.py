@@ -31,6 +31,7 @@ from ovs3d_nerfstudio.data.labels import validate_labels
 from ovs3d_nerfstudio.palette import colourize, palette
 from ovs3d_nerfstudio.queries import CANONICAL_NEGATIVES, overlay, query_relevancy
 from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig
+from ovs3d_nerfstudio.teachers.shared import Teachers
 from ovs3d_nerfstudio.variants import VariantName, VariantOptions, resolve_options
 
 
@@ -157,11 +158,11 @@ class Ovs3dModelConfig(ModelConfig):
 class Ovs3dModel(Model):
     """Renders RGB, CLIP features and scale selection; scores them against the text labels.
 
-    The dataset metadata provides ``labels`` (list of str), ``num_scales`` (N_s) and
-    ``clip_teacher_factory`` (builds the CLIP teacher on demand, to score new text: viewer
-    label edits and free queries), and for training ``text_features`` ([C, D] CLIP text
-    embeddings). A reloaded run takes its text features from the checkpoint instead
-    (see :meth:`match_checkpoint`).
+    The dataset metadata provides ``labels`` (list of str), ``num_scales`` (N_s) and, for
+    training, ``text_features`` ([C, D] CLIP text embeddings); a reloaded run takes its text
+    features from the checkpoint instead (see :meth:`match_checkpoint`). The ``teachers`` the
+    pipeline passes (shared with the datamanager) encode new text: viewer label edits and free
+    queries.
 
     Training always scores the trained labels; rendering for display (viewer, ns-render,
     ns-eval) scores the *display* labels, which equal the trained ones until edited.
@@ -187,7 +188,7 @@ class Ovs3dModel(Model):
         self.register_buffer("text_features", F.normalize(text, dim=-1))
         self.num_scales = int(self.kwargs["metadata"]["num_scales"])
         self.register_buffer("label_colours", palette(len(self.labels)))
-        self._clip_teacher_factory = metadata.get("clip_teacher_factory")
+        self.teachers: Optional[Teachers] = self.kwargs.get("teachers")
         self.display_labels: List[str] = list(self.labels)
         self._display_text: Optional[Tensor] = None
         self._query: Optional[Tensor] = None
@@ -267,10 +268,10 @@ class Ovs3dModel(Model):
         return ClipHead(self.config.appearance_dim, dim, self.config.clip_head_layers, self.config.clip_head_width)
 
     def encode_text(self, texts: List[str]) -> Tensor:
-        if self._clip_teacher_factory is None:
-            raise RuntimeError("no CLIP teacher was passed to the model: it cannot encode new text")
+        if self.teachers is None:
+            raise RuntimeError("no teachers were passed to the model: it cannot encode new text")
         with torch.no_grad():
-            return F.normalize(self._clip_teacher_factory().encode_text(texts).float(), dim=-1).to(self.device)
+            return F.normalize(self.teachers.clip.encode_text(texts).float(), dim=-1).to(self.device)
 
     def set_display_labels(self, labels: List[str]) -> None:
         """Re-scores rendered features against new labels (no retraining; the losses keep the old ones)."""
@@ -406,7 +407,7 @@ class Ovs3dModel(Model):
 
     # -------------------------------------------------------------------- losses
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
-        num_rays = batch["image"].shape[0]  # patch rays, if any, follow the random rays
+        num_rays = batch["num_random_rays"]  # patch rays, if any, follow the random rays
         metrics = {"psnr": psnr(outputs["rgb"][:num_rays], batch["image"].to(self.device))}
         if self.training and self.phase is Phase.RECONSTRUCTION:
             metrics["distortion"] = distortion_loss(outputs["weights_list"], outputs["ray_samples_list"])
@@ -420,7 +421,7 @@ class Ovs3dModel(Model):
         """
         loss_dict: Dict[str, Tensor] = {}
         phase = self.phase if self.training else Phase.SEGMENTATION_JOINT
-        num_rays = batch["image"].shape[0]
+        num_rays = batch["num_random_rays"]
         if phase is not Phase.SEGMENTATION_FROZEN:
             loss_dict["rgb"] = self.rgb_loss(batch["image"].to(self.device)[..., :3], outputs["rgb"][:num_rays])
         if self.training and phase is Phase.RECONSTRUCTION:

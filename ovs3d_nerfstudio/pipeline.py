@@ -1,23 +1,27 @@
-"""The ovs3d pipeline: nerfstudio's VanillaPipeline plus the wiring between model options and data."""
+"""The ovs3d pipeline: builds the teachers, the datamanager and the model, and wires the model's options to the data."""
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Literal, Optional, Type
 
+import torch.distributed as dist
 from torch import Tensor
 from torch.cuda.amp.grad_scaler import GradScaler
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.models.base_model import Model
+from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
 
 from ovs3d_nerfstudio.config_checks import check_pipeline_config
+from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManager, Ovs3dDataManagerConfig, TrainingTargets
 from ovs3d_nerfstudio.evaluation import per_class_iou
-
-from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig
 from ovs3d_nerfstudio.model import Ovs3dModelConfig
 from ovs3d_nerfstudio.process import prepare_ovs3d_process
 from ovs3d_nerfstudio.schedule import TRAINABLE, Phase
+from ovs3d_nerfstudio.teachers.shared import Teachers
 from ovs3d_nerfstudio.variants import resolve_options
 from ovs3d_nerfstudio.viewer import SegmentationPanel
 
@@ -29,12 +33,25 @@ class Ovs3dPipelineConfig(VanillaPipelineConfig):
     model: Ovs3dModelConfig = field(default_factory=Ovs3dModelConfig)
 
 
+def training_targets(model: Ovs3dModelConfig) -> TrainingTargets:
+    """What the datamanager must serve for the model's options (losses switched off need nothing)."""
+    options = resolve_options(model.variant, selection_training=model.selection_training)
+    return TrainingTargets(
+        variant=model.variant,
+        relevancy=model.use_rda,
+        patches=model.use_fda,
+        selection_targets=model.use_selection and options.selection_training == "dino-purity",
+        selection_target_shift=model.fda_shift,
+    )
+
+
 class Ovs3dPipeline(VanillaPipeline):
-    """Wires model options to the data side: ``--pipeline.model.labels`` overrides the labels
-    file, the RDA/FDA switches decide whether relevancy maps and patches are prepared, and
-    the datamanager learns when segmentation starts (reconstruction batches skip targets).
-    Every ovs3d option is checked first (``config_checks``), so a bad value stops the run
-    with one line before data, teachers or model are built."""
+    """Builds the teachers once and hands them, with what each needs from the model's options,
+    to the datamanager and the model (as LERF's pipeline does): the targets to serve (the RDA /
+    FDA / selection switches), the step where segmentation starts (reconstruction batches skip
+    targets) and ``--pipeline.model.labels``. Every ovs3d option is checked first
+    (``config_checks``), so a bad value stops the run with one line before data, teachers or
+    model are built."""
 
     config: Ovs3dPipelineConfig
 
@@ -47,20 +64,38 @@ class Ovs3dPipeline(VanillaPipeline):
         local_rank: int = 0,
         grad_scaler: Optional[GradScaler] = None,
     ):
+        # VanillaPipeline's constructor builds datamanager and model without our arguments, so
+        # this one builds them itself, in the same order and with the same nerfstudio arguments.
+        Pipeline.__init__(self)
         prepare_ovs3d_process()  # here, not at import: see process.py
         check_pipeline_config(config)
-        if config.model.labels and hasattr(config.datamanager.dataparser, "labels"):
-            config.datamanager.dataparser.labels = tuple(config.model.labels)
-        config.datamanager.variant = config.model.variant
-        config.datamanager.serve_relevancy = config.model.use_rda
-        config.datamanager.serve_patches = config.model.use_fda
-        config.datamanager.serve_selection_targets = config.model.use_selection and (
-            resolve_options(config.model.variant, selection_training=config.model.selection_training).selection_training
-            == "dino-purity"
+        self.config = config
+        self.test_mode = test_mode
+        self.world_size = world_size
+        self.teachers = Teachers(config.datamanager.clip, config.datamanager.dino, device)
+        self.datamanager: Ovs3dDataManager = config.datamanager.setup(
+            device=device,
+            test_mode=test_mode,
+            world_size=world_size,
+            local_rank=local_rank,
+            teachers=self.teachers,
+            targets=training_targets(config.model),
+            segmentation_start=config.model.schedule.reconstruction_steps,
+            labels=config.model.labels,
         )
-        config.datamanager.selection_target_shift = config.model.fda_shift
-        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
-        self.datamanager.segmentation_start = config.model.schedule.reconstruction_steps
+        self.datamanager.to(device)
+        self._model = config.model.setup(
+            scene_box=self.datamanager.train_dataset.scene_box,
+            num_train_data=len(self.datamanager.train_dataset),
+            metadata=self.datamanager.train_dataset.metadata,
+            device=device,
+            grad_scaler=grad_scaler,
+            teachers=self.teachers,
+        )
+        self.model.to(device)
+        if world_size > 1:
+            self._model = typing.cast(Model, DDP(self._model, device_ids=[local_rank], find_unused_parameters=True))
+            dist.barrier(device_ids=[local_rank])
         # nerfstudio's viewer installs the GUI elements it finds on the pipeline's modules.
         self.segmentation_panel = SegmentationPanel(self.model)
 

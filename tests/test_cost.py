@@ -61,10 +61,10 @@ def test_no_advice_when_fast_or_already_on_a_gpu():
 
 
 def test_datamanager_announces_the_crops_before_computing(tmp_path, tiny_clip_config, tiny_dino_config, capsys):
-    from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig
+    from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig, TrainingTargets
     from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
     from ovs3d_nerfstudio.data.procedural import write_scene
-from tiny_scene import tiny_scene_spec
+    from tiny_scene import tiny_scene_spec
     from ovs3d_nerfstudio.features.clip_pyramid import PyramidConfig, count_windows
 
     scene = write_scene(tiny_scene_spec(seed=1), tmp_path / "scene", mask_views=[0])
@@ -76,12 +76,11 @@ from tiny_scene import tiny_scene_spec
         ray_downscale=2,
         clip_view_fraction=1.0,
         pyramid=PyramidConfig(patch_fractions=(0.5,)),
-        serve_patches=False,
     )
-    config.setup(device="cpu")
+    config.setup(device="cpu", targets=TrainingTargets(patches=False))
     first = capsys.readouterr().out
     crops = 8 * count_windows(24, 32, PyramidConfig(patch_fractions=(0.5,)))
     assert f"8 views to compute (0 found in the cache), {crops:,} CLIP crops" in " ".join(first.split())
     assert "the first batch of 4 crops took" in " ".join(first.split())
-    config.setup(device="cpu")  # everything cached now: nothing to announce
+    config.setup(device="cpu", targets=TrainingTargets(patches=False))  # everything cached now: nothing to announce
     assert "views to compute" not in capsys.readouterr().out

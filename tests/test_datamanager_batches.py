@@ -116,8 +116,8 @@ def test_reconstruction_batches_carry_rgb_of_any_view_only(cached):
     cached.segmentation_start = 10
     torch.manual_seed(1)
     bundle, batch = cached.next_train(step=0)
-    assert set(batch) == {"image", "indices"}
-    assert len(bundle) == RAYS and batch["image"].shape == (RAYS, 3)
+    assert set(batch) == {"image", "indices", "num_random_rays"}
+    assert len(bundle) == RAYS and batch["image"].shape == (RAYS, 3) and batch["num_random_rays"] == RAYS
     view, y, x = batch["indices"].unbind(-1)
     torch.testing.assert_close(batch["image"], cached.ray_images[view, y, x].float() / 255.0)
     assert same_rays(bundle, cached.train_ray_generator(batch["indices"]))
@@ -129,7 +129,8 @@ def test_segmentation_batch_random_rays_carry_their_pixels_targets(cached):
     cached.segmentation_start = 0
     torch.manual_seed(2)
     bundle, batch = cached.next_train(step=1)
-    assert set(batch) == {"image", "indices", "clip_targets", "relevancy", "dino_tokens"}
+    assert set(batch) == {"image", "indices", "num_random_rays", "clip_targets", "relevancy", "dino_tokens"}
+    assert batch["num_random_rays"] == RAYS  # where the patch rays begin
     num_scales, num_labels = len(FRACTIONS), len(cached.train_dataparser_outputs.metadata["labels"])
     patch_rays = PATCHES * (TOKENS * RAYS_PER_TOKEN) ** 2
     assert len(bundle) == RAYS + patch_rays
@@ -147,7 +148,7 @@ def test_segmentation_batch_random_rays_carry_their_pixels_targets(cached):
         store_index = clip_views.index(int(view[ray]))
         dense = torch.stack([cached.clip_store.dense(store_index, s) for s in range(num_scales)])
         torch.testing.assert_close(batch["clip_targets"][ray], dense[:, y[ray], x[ray]], atol=1e-5, rtol=1e-4)
-        maps = normalized_relevancy_maps(dense, cached.text_features)  # Eqs. 6-7 of the whole view
+        maps = normalized_relevancy_maps(dense, cached.label_text_features())  # Eqs. 6-7 of the whole view
         torch.testing.assert_close(batch["relevancy"][ray], maps[:, :, y[ray], x[ray]], atol=2e-3, rtol=0)
 
 

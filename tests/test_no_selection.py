@@ -50,6 +50,7 @@ def batch() -> dict:
     generator = torch.Generator().manual_seed(2)
     return {
         "image": torch.rand(RAYS, 3, generator=generator),
+        "num_random_rays": RAYS,
         "clip_targets": torch.randn(RAYS, SCALES, DIM, generator=generator),
         "relevancy": torch.rand(RAYS, SCALES, len(LABELS), generator=generator),
     }

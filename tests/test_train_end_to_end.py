@@ -80,7 +80,7 @@ def test_checkpoint_reloads_and_renders_labels(trained_run: Path):
     _, pipeline, _, step = eval_setup(trained_run / "config.yml", test_mode="test")
     assert step == STEPS - 1
     # Text features come from the checkpoint: reloading needs no CLIP teacher (or weights).
-    assert pipeline.datamanager._clip_teacher is None
+    assert not pipeline.teachers.clip_is_built
     model = pipeline.model
     classes = trained_run.parents[3] / "scene" / "segmentations" / "classes.txt"
     assert model.labels == classes.read_text().split("\n")[:-1]

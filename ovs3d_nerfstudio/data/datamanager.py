@@ -10,15 +10,18 @@ downsampled ``patch_downscale`` x (paper: 5x). Pixel indices come from nerfstudi
 DINO tokens are cached per view and cropped per patch by default; ``dino_tokens
 on-the-fly`` encodes each patch crop every step as the official code does (see
 docs/benchmarks.md for the measurement behind the default).
+
+A training batch holds ``num_random_rays`` random rays first (``image``, ``indices``, and in
+segmentation their CLIP, relevancy and selection targets), then the FDA patch rays, whose DINO
+tokens are ``dino_tokens``: the model splits outputs at ``num_random_rays``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple, Type, Union
-
-import tyro
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -61,6 +64,7 @@ from ovs3d_nerfstudio.features.relevancy import normalized_relevancy_maps
 from ovs3d_nerfstudio.features.scale_purity import WINDOW_REACH, purity_selection, scale_purity
 from ovs3d_nerfstudio.teachers.base import ClipTeacher, DenseTeacher
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig, DinoTeacherConfig
+from ovs3d_nerfstudio.teachers.shared import Teachers
 from ovs3d_nerfstudio.variants import resolve_options
 
 
@@ -127,16 +131,23 @@ class Ovs3dDataManagerConfig(VanillaDataManagerConfig):
     up to the DINO stride (8 = every pixel of the patch, the paper's patches, 64x the rays)."""
     dino_tokens: Literal["cached", "on-the-fly"] = "cached"
     """DINO tokens of each view computed once and cropped per patch, or encoded per patch every step."""
-    variant: tyro.conf.Suppress[str] = "default"
-    """Set by the pipeline from the model's variant."""
-    serve_relevancy: tyro.conf.Suppress[bool] = True
-    """Set by the pipeline from the model's RDA switch."""
-    serve_patches: tyro.conf.Suppress[bool] = True
-    """Set by the pipeline from the model's FDA switch."""
-    serve_selection_targets: tyro.conf.Suppress[bool] = False
-    """Set by the pipeline when the model trains its selection volume on DINO purity."""
-    selection_target_shift: tyro.conf.Suppress[float] = 0.7
-    """Set by the pipeline from the model's FDA shift b (the DINO similarity that counts as one object)."""
+
+
+@dataclass(frozen=True)
+class TrainingTargets:
+    """What segmentation batches carry besides CLIP targets: the model's options decide, and the
+    pipeline hands them to the datamanager's constructor (``training_targets``)."""
+
+    variant: str = "default"
+    """The model's variant: the datamanager's variant options follow it."""
+    relevancy: bool = True
+    """Relevancy targets of the RDA loss."""
+    patches: bool = True
+    """FDA patch rays and their DINO tokens."""
+    selection_targets: bool = False
+    """DINO-purity targets of the selection volume."""
+    selection_target_shift: float = 0.7
+    """The DINO similarity that counts as one object in the purity targets (the model's FDA shift b)."""
 
 
 class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
@@ -151,8 +162,16 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         test_mode: Literal["test", "val", "inference"] = "val",
         world_size: int = 1,
         local_rank: int = 0,
+        teachers: Optional[Teachers] = None,
+        targets: TrainingTargets = TrainingTargets(),
+        segmentation_start: int = 0,
+        labels: Sequence[str] = (),
         **kwargs,
     ):
+        """``teachers`` are shared with the model (built here from the config when not given);
+        batches before step ``segmentation_start`` are reconstruction batches (RGB only); ``labels``
+        (``--pipeline.model.labels``) replace the dataparser's own, the first source of
+        ``Ovs3dDataParser.resolve_labels``."""
         if not isinstance(config.dataparser, Ovs3dDataParserConfig):
             raise UserFacingError(
                 f"ovs3d reads labels and masks through the 'ovs3d-data' dataparser, not "
@@ -160,22 +179,24 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
                 "(it also reads nerfstudio-format data with a labels.txt beside transforms.json)."
             )
         raise_if_any(datamanager_problems(config))
+        if labels:  # a copy: the caller's config stays as given
+            config = dataclasses.replace(config, dataparser=dataclasses.replace(config.dataparser, labels=tuple(labels)))
         self.options = resolve_options(
-            config.variant,
+            targets.variant,
             clip_view_fraction=config.clip_view_fraction,
             patch_rays_per_token=config.patch_rays_per_token,
         )
-        self._clip_teacher: Optional[ClipTeacher] = None
+        self.teachers = teachers if teachers is not None else Teachers(config.clip, config.dino, str(device))
+        self.targets = targets
+        self.segmentation_start = segmentation_start
         self._text_features: Optional[Tensor] = None
-        self.segmentation_start = 0
         super().__init__(config, device, test_mode, world_size, local_rank, **kwargs)
-        # The model reads these when it is built (VanillaPipeline passes the dataset metadata).
-        # A reloaded run (ns-eval/-render/-viewer) takes its text features from the checkpoint,
-        # so the CLIP teacher is only built there if new text must be scored (viewer edits).
+        # The model reads these when it is built (the pipeline passes the dataset metadata).
+        # A reloaded run (ns-eval/-render/-viewer) takes its text features from the checkpoint.
         metadata = self.train_dataset.metadata
-        metadata.update(num_scales=len(self.config.pyramid.patch_fractions), clip_teacher_factory=lambda: self.clip_teacher)
+        metadata["num_scales"] = len(self.config.pyramid.patch_fractions)
         if test_mode == "val":
-            metadata["text_features"] = self.text_features.cpu()
+            metadata["text_features"] = self.label_text_features().cpu()
 
     def _dataset_scale(self) -> float:
         """Resolution of the served views: nerfstudio's camera scale and the dataparser's downscale."""
@@ -193,19 +214,12 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
             scale_factor=self._dataset_scale(),
         )
 
-    @property
-    def clip_teacher(self) -> ClipTeacher:
-        if self._clip_teacher is None:
-            self._clip_teacher = self.config.clip.setup(device=str(self.device))
-        return self._clip_teacher
-
-    @property
-    def text_features(self) -> Tensor:
-        """CLIP text embeddings of the labels, [C, D] float32 on the datamanager's device."""
+    def label_text_features(self) -> Tensor:
+        """CLIP text embeddings of the labels, [C, D] float32 on the datamanager's device (encoded once)."""
         if self._text_features is None:
             labels: List[str] = self.train_dataparser_outputs.metadata["labels"]
             with torch.no_grad():
-                self._text_features = self.clip_teacher.encode_text(labels).float().to(self.device)
+                self._text_features = self.teachers.clip.encode_text(labels).float().to(self.device)
         return self._text_features
 
     # ------------------------------------------------------------------ training
@@ -226,13 +240,13 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         self.clip_views = clip_view_subset(len(outputs.image_filenames), self.options.clip_view_fraction)
         self.clip_store = self.load_clip_features(self.clip_views).to(self.device)
         self.clip_views = self.clip_views.to(self.device)
-        if self.config.serve_relevancy:
+        if self.targets.relevancy:
             self.relevancy = self._relevancy_maps()
-        if self.config.serve_patches or self.config.serve_selection_targets:
+        if self.targets.patches or self.targets.selection_targets:
             self._setup_dino()
-        if self.config.serve_patches:
+        if self.targets.patches:
             self._setup_patches()
-        if self.config.serve_selection_targets:
+        if self.targets.selection_targets:
             self.selection_targets = self._selection_targets()
 
     def _downscaled_cameras(self, factor: int, flag: str, advice: str) -> Cameras:
@@ -254,19 +268,19 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         maps = []
         for store_index in range(self.clip_store.num_views):
             dense = torch.stack([self.clip_store.dense(store_index, s) for s in range(self.clip_store.num_scales)])
-            maps.append(normalized_relevancy_maps(dense, self.text_features).half())
+            maps.append(normalized_relevancy_maps(dense, self.label_text_features()).half())
         return torch.stack(maps)
 
     def _setup_dino(self) -> None:
         """The DINO teacher, the patch-resolution images and, when cached or needed for the
         selection targets, every view's DINO tokens."""
         outputs = self.train_dataparser_outputs
-        self.dino_teacher: DenseTeacher = self.config.dino.setup(device=str(self.device))
+        self.dino_teacher: DenseTeacher = self.teachers.dino
         stride = self.dino_teacher.stride
         self.patch_cameras = self._downscaled_cameras(self.config.patch_downscale, "patch-downscale", "gives whole-pixel images")
         self.patch_images = load_downscaled_images(outputs.image_filenames, self.config.patch_downscale).to(self.device)
         self.dino_cache: Optional[Tensor] = None
-        keep_tokens = self.config.serve_selection_targets or (self.config.serve_patches and self.config.dino_tokens == "cached")
+        keep_tokens = self.targets.selection_targets or (self.targets.patches and self.config.dino_tokens == "cached")
         if keep_tokens:
             height, width = (size // stride * stride for size in self.patch_images.shape[1:3])
             with torch.no_grad():
@@ -296,7 +310,7 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         cols = (((torch.arange(width) + 0.5) * tokens_per_ray_pixel).long()).clamp(max=grid_w - 1).to(self.device)
         targets = []
         for view_tokens in self.dino_cache:
-            purity = scale_purity(view_tokens, radii, self.config.selection_target_shift)
+            purity = scale_purity(view_tokens, radii, self.targets.selection_target_shift)
             targets.append(purity_selection(purity)[:, rows[:, None], cols[None, :]].half())
         return torch.stack(targets)
 
@@ -326,7 +340,7 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         will take (:class:`ExtractionCost`).
         """
         cache = FeatureCache(self.config.cache_dir)
-        teacher = self.clip_teacher
+        teacher = self.teachers.clip
         settings = {"pyramid": list(self.config.pyramid.patch_fractions), "seed": self.config.pyramid.seed}
         keys = [cache.key(self.ray_images[view].cpu(), teacher.identity, settings) for view in views.tolist()]
         tensors: List[Optional[Dict[str, Tensor]]] = [cache.load(key) for key in keys]
@@ -393,18 +407,28 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
             indices = self.train_pixel_sampler.sample_method(num_rays, num_views, height, width, device=self.device)
         indices = indices.long()
         view, y, x = indices.unbind(dim=-1)
-        batch: Dict[str, Tensor] = {"image": self.ray_images[view, y, x].float() / 255.0, "indices": indices}
+        batch: Dict[str, Any] = {
+            "image": self.ray_images[view, y, x].float() / 255.0,
+            "indices": indices,
+            "num_random_rays": num_rays,
+        }
         ray_bundle = self.train_ray_generator(indices)
         if not segmenting:
             return ray_bundle, batch
         batch["clip_targets"] = self.clip_store.gather(store_index, y, x)
-        if self.config.serve_relevancy:
+        if self.targets.relevancy:
             batch["relevancy"] = self.relevancy[store_index, :, :, y, x].float()
-        if self.config.serve_selection_targets:
+        if self.targets.selection_targets:
             batch["selection_target"] = self.selection_targets[view, :, y, x].float()
-        if self.config.serve_patches:
+        if self.targets.patches:
             patch_bundle, batch["dino_tokens"] = self._next_patches()
             ray_bundle = concat_ray_bundles(ray_bundle, patch_bundle)
+        return ray_bundle, batch
+
+    def next_eval(self, step: int) -> Tuple[RayBundle, Dict]:
+        """nerfstudio's eval ray batch, which holds random rays only."""
+        ray_bundle, batch = super().next_eval(step)
+        batch["num_random_rays"] = len(ray_bundle)
         return ray_bundle, batch
 
     def _next_patches(self) -> Tuple[RayBundle, Tensor]:

@@ -128,7 +128,7 @@ class Ovs3dDataParser(DataParser):
                 "(nerfstudio layout, from ns-process-data). Point --data at a scene folder with one of them."
             )
 
-        labels = self._labels(scene.labels_default)
+        labels = self.resolve_labels(scene.labels_default)
         image_sizes = [_image_size(path) for path in scene.image_filenames]
         mask_paths_by_view = _find_masks(root / "segmentations", labels, image_sizes, scene.image_filenames)
         indices = self._split_indices(split, len(scene.image_filenames), sorted(mask_paths_by_view))
@@ -265,8 +265,13 @@ class Ovs3dDataParser(DataParser):
             labels_default=[root / "labels.txt", root / "segmentations" / "classes.txt"],
         )
 
-    def _labels(self, layout_files: Sequence[Path]) -> List[str]:
-        """Labels from the CLI, else ``labels_file``, else the first label file of the layout.
+    def resolve_labels(self, layout_files: Sequence[Path]) -> List[str]:
+        """The scene's labels from the first source that is set (docs/data.md#labels):
+
+        1. ``--pipeline.model.labels`` (the datamanager passes them on as this config's ``labels``);
+        2. ``ovs3d-data --labels``;
+        3. ``ovs3d-data --labels-file``;
+        4. the first label file of the layout that exists (``labels.txt``, ``segmentations/classes.txt``).
 
         File order is kept for display (the official code sorts classes.txt alphabetically);
         the argmax evaluation does not depend on the order.
