@@ -2,7 +2,8 @@
 
 Real CLIP/DINO weights and the 3D-OVS dataset are not available everywhere; this package
 gives scenes whose ground truth is known exactly and teachers whose behaviour (including
-CLIP's failure on small objects) is documented in ``docs/synthetic-benchmark.md``.
+CLIP's failure on small objects) is documented in ``docs/synthetic-benchmark.md``. The training
+profiles the demo and the benchmark lab (``benchmarks/lab``) share are in ``profiles.py``.
 """
 
 from ovs3d_nerfstudio.synthetic.scenes import (
