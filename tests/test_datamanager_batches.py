@@ -177,3 +177,8 @@ def test_on_the_fly_tokens_encode_the_patch_crop(on_the_fly):
         # A crop's tokens see only the crop, so they differ from the whole view's at the same place.
         whole = view_tokens(on_the_fly, view)[row : row + TOKENS, col : col + TOKENS].reshape(TOKENS * TOKENS, -1)
         assert not torch.allclose(batch["dino_tokens"][patch], whole, atol=1e-3)
+
+
+def test_eval_ray_batches_say_all_their_rays_are_random_rays(cached):
+    bundle, batch = cached.next_eval(step=0)
+    assert batch["num_random_rays"] == len(bundle) == batch["image"].shape[0]

@@ -1,9 +1,13 @@
 """Training a benchmark row: nerfstudio's Trainer, timed per iteration, with every loss recorded.
 
 **One reconstruction, many segmentations.** Every method of Table 2 differs from the full
-method only in the segmentation stage, and the reconstruction stage is RGB only, so the runner
-trains the reconstruction once per scene and starts every row's segmentation stage from that
-checkpoint through nerfstudio's own ``--load-checkpoint`` (``TrainerConfig.load_checkpoint``).
+method only in the segmentation stage (the losses, the CLIP targets or the views that have
+them), and the reconstruction stage is RGB only. The runner therefore trains the
+reconstruction stage once per scene and starts every method's segmentation stage from that
+checkpoint through nerfstudio's own ``--load-checkpoint`` (``TrainerConfig.load_checkpoint``),
+like the official code, which trains a TensoRF first and loads it for segmentation. This makes
+the comparison controlled (same geometry for every row) and divides the CPU cost by almost the
+number of methods.
 """
 
 from __future__ import annotations
