@@ -22,6 +22,7 @@ from ovs3d_nerfstudio.losses import (
     segmentation_logits,
     selected_relevancy,
     selected_targets,
+    selection_loss,
 )
 
 f64 = torch.float64
@@ -245,6 +246,52 @@ def test_rda_extreme_logits_are_finite(dtype):
     rel_bar = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]], dtype=dtype, requires_grad=True)
     loss = rda_loss(logits, rel_bar)
     assert_finite(loss, *grads(loss, (logits, rel_bar)))
+
+
+
+def test_sharpened_rda_target_matches_literal():
+    torch.manual_seed(6)
+    logits = (torch.rand(5, 4, dtype=f64) * 2 - 1).requires_grad_()
+    rel_bar = torch.rand(5, 4, dtype=f64, requires_grad=True)
+    tau = 0.2
+    ours = rda_loss(logits, rel_bar, sharpening=tau)
+    ref = torch.stack(
+        [lit_js(lit_softmax(logits[r]), lit_softmax((2 * rel_bar[r] - 1) / tau)) for r in range(5)]
+    ).mean()
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(grads(ours, (logits, rel_bar)), grads(ref, (logits, rel_bar))):
+        torch.testing.assert_close(a, b)
+    # Sharpening makes the target prefer the most relevant class far more than e-fold.
+    target = torch.softmax((2 * torch.tensor([1.0, 0.8]) - 1) / tau, dim=-1)
+    assert target[0] / target[1] > math.e**1.9
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_sharpened_rda_extreme_inputs_are_finite(dtype):
+    logits = torch.tensor([[1e4, -1e4, 0.0], [0.0, 0.0, 0.0]], dtype=dtype, requires_grad=True)
+    rel_bar = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=dtype, requires_grad=True)
+    loss = rda_loss(logits, rel_bar, sharpening=1e-3)
+    assert_finite(loss, *grads(loss, (logits, rel_bar)))
+
+
+def test_selection_loss_matches_literal_kl_and_is_zero_at_the_target():
+    torch.manual_seed(7)
+    selection = torch.softmax(torch.randn(6, 3, dtype=f64), dim=-1).requires_grad_()
+    target = torch.softmax(torch.randn(6, 3, dtype=f64), dim=-1)
+    ours = selection_loss(selection, target)
+    ref = torch.stack(
+        [sum(target[r, s] * (torch.log(target[r, s]) - torch.log(selection[r, s])) for s in range(3)) for r in range(6)]
+    ).mean()
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(grads(ours, (selection,))[0], grads(ref, (selection,))[0])
+    assert float(selection_loss(target, target)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_selection_loss_one_hot_and_saturated_inputs_are_finite():
+    selection = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    target = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    loss = selection_loss(selection, target)
+    assert_finite(loss, *grads(loss, (selection,)))
 
 
 # ---- Eqs. 9-14 ----

@@ -1,0 +1,66 @@
+"""The benchmark's tables and acceptance checks on a hand-made result (benchmarks/synthetic_tables.py)."""
+
+from __future__ import annotations
+
+from benchmarks.synthetic_tables import checks, score_table
+
+
+def result(scene, scores, classes):
+    """A result with the given row -> mIoU and per-class IoU of baseline_2d and full."""
+    rows = {name: {"miou": value, "accuracy": 0.9, "per_class_iou": {}} for name, value in scores.items()}
+    rows["baseline_2d"]["per_class_iou"] = classes["baseline_2d"]
+    rows["full"]["per_class_iou"] = classes["full"]
+    return {"scene": scene, "labels": list(classes["full"]), "rows": rows}
+
+
+GOOD = result(
+    "a",
+    {"baseline_2d": 0.40, "distill_only": 0.39, "full": 0.60, "no_rda": 0.50, "no_fda": 0.55, "no_rebalance": 0.20},
+    {"baseline_2d": {"ball": 0.5, "wall": 0.9}, "full": {"ball": 0.6, "wall": 0.95}},
+)
+BAD = result(
+    "b",
+    {"baseline_2d": 0.40, "distill_only": 0.30, "full": 0.42, "no_rda": 0.45, "no_fda": 0.60, "no_rebalance": 0.50},
+    {"baseline_2d": {"ball": 0.5, "wall": 0.9}, "full": {"ball": 0.1, "wall": 0.95}},
+)
+
+
+def test_checks_pass_a_scene_that_meets_every_target():
+    lines = checks([GOOD])
+    assert lines and all(line.startswith("PASS") for line in lines), lines
+    assert "PASS a: full 0.600 >= baseline_2d 0.400 + 0.05" in lines
+
+
+def test_checks_name_every_failed_target_with_its_numbers():
+    failed = [line for line in checks([BAD]) if line.startswith("FAIL")]
+    assert "FAIL b: distill_only 0.300 >= baseline_2d 0.400 - 0.02" in failed
+    assert "FAIL b: full 0.420 >= baseline_2d 0.400 + 0.05" in failed
+    assert "FAIL b: lowest Table 2 row is full (0.420)" in failed
+    assert "FAIL b: no object with teacher IoU >= 0.3 below 0.3 in full (ball 0.50 -> 0.10)" in failed
+    assert "FAIL mean: full 0.420 > no_fda 0.600" in failed
+
+
+def test_means_are_over_the_scenes_that_ran_the_row():
+    only_a = dict(GOOD, rows={**GOOD["rows"], "extra": {"miou": 0.7, "accuracy": 0.8}})
+    table = score_table([only_a, BAD], "miou", "accuracy")
+    assert "| `full` | 0.600 / 0.900 | 0.420 / 0.900 | 0.510 / 0.900 (2) |" in table
+    assert "| `extra` | 0.700 / 0.800 | — / — | 0.700 / 0.800 (1) |" in table
+
+
+def test_mixed_token_fraction_counts_pixels_in_cells_shared_with_another_label(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.mixed_tokens import mixed_fractions
+
+    view = tmp_path / "00"
+    view.mkdir()
+    (tmp_path / "classes.txt").write_text("ball\nwall\n")
+    ball = np.zeros((16, 16), dtype=np.uint8)
+    ball[0:8, 0:8] = 255  # one whole cell: not mixed
+    ball[8:10, 8:12] = 255  # 8 pixels inside a cell the wall also covers
+    Image.fromarray(ball).save(view / "ball.png")
+    Image.fromarray(255 - ball).save(view / "wall.png")
+    fractions = mixed_fractions(tmp_path, stride=8)
+    assert fractions["ball"] == round(8 / 72, 3)
+    assert fractions["wall"] == round(56 / 184, 3)
