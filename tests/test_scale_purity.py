@@ -64,11 +64,12 @@ def test_degenerate_inputs_stay_finite():
 
 
 def test_the_datamanager_serves_each_random_ray_its_pixels_purity_selection(tmp_path):
-    from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig
+    from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManagerConfig, TrainingTargets
     from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
-    from ovs3d_nerfstudio.data.procedural import tiny_scene_spec, write_scene
+    from ovs3d_nerfstudio.data.procedural import write_scene
     from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig, DinoTeacherConfig
     from tiny_run import TINY_CLIP, TINY_DINO, TINY_TRAINING, below
+    from tiny_scene import tiny_scene_spec
 
     scene = write_scene(tiny_scene_spec(seed=1), tmp_path / "scene", mask_views=[0])
     config = Ovs3dDataManagerConfig(
@@ -79,11 +80,9 @@ def test_the_datamanager_serves_each_random_ray_its_pixels_purity_selection(tmp_
         **below("pipeline.datamanager.", TINY_TRAINING),
         clip_view_fraction=1.0,
         patch_downscale=2,
-        serve_patches=False,
-        serve_selection_targets=True,
     )
     config.pyramid.patch_fractions = (0.5, 0.25)
-    datamanager = config.setup(device="cpu")
+    datamanager = config.setup(device="cpu", targets=TrainingTargets(patches=False, selection_targets=True))
     datamanager.segmentation_start = 0
     torch.manual_seed(0)
     _, batch = datamanager.next_train(step=1)
