@@ -4,10 +4,39 @@ The teachers are session-scoped because they are frozen; tests that need a diffe
 configuration take the ``*_config`` fixture (a fresh config each time) and build their own.
 """
 
+import sys
+import types
+
 import pytest
+import torch
 
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig, DinoTeacherConfig
 from tiny_run import TINY_CLIP, TINY_DINO, train_tiny_run
+
+
+class GsplatCudaCallError(RuntimeError):
+    """A test reached a gsplat CUDA function on a machine without CUDA."""
+
+
+def _refuse_gsplat_cuda(name: str):
+    if name.startswith("__"):  # module introspection (inspect, pickle) asks for these: not a use
+        raise AttributeError(name)
+    raise GsplatCudaCallError(
+        f"a test reached gsplat's CUDA backend ({name}) without CUDA: that starts a JIT build; render on CPU"
+    )
+
+
+def pytest_configure(config):
+    """Without CUDA, gsplat's compiled backend is replaced by a module that refuses every use.
+
+    gsplat imports ``gsplat.cuda._backend`` lazily, on the first CUDA call; on a machine with
+    ``nvcc`` but no GPU that import starts a multi-minute build. With this stand-in in
+    ``sys.modules`` such a call fails at once, naming itself.
+    """
+    if not torch.cuda.is_available() and "gsplat.cuda._backend" not in sys.modules:
+        guard = types.ModuleType("gsplat.cuda._backend")
+        guard.__getattr__ = _refuse_gsplat_cuda
+        sys.modules["gsplat.cuda._backend"] = guard
 
 
 def make_tiny_clip_config() -> ClipTeacherConfig:
