@@ -360,3 +360,15 @@ def test_cpu_rules_match_gsplat_on_cuda(packed):
     torch.testing.assert_close(ours[1], theirs[1], rtol=1e-4, atol=1e-4)
     for name in names:
         torch.testing.assert_close(ours[2][name], theirs[2][name], rtol=1e-3, atol=1e-3, msg=name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the guard is installed only without CUDA")
+def test_a_gsplat_cuda_call_without_cuda_fails_at_once_instead_of_building():
+    """conftest's stand-in for gsplat's compiled backend: a stray call names itself in well under a
+    second, where gsplat would start compiling its CUDA sources."""
+    from conftest import GsplatCudaCallError
+
+    gsplat = pytest.importorskip("gsplat")
+    s = {k: v.float() for k, v in scene().items()}
+    with pytest.raises(GsplatCudaCallError, match="without CUDA"):
+        gsplat.rasterization(**s, width=23, height=17, sh_degree=None)
