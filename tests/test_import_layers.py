@@ -21,8 +21,8 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("teachers", ("teachers",)),
     ("features", ("features",)),
     ("data", ("data", "config_checks")),
-    ("field", ("field", "splat.rasterize_torch", "splat.rasterize")),
-    ("losses", ("losses", "schedule", "evaluation", "queries")),
+    ("field", ("field", "splat.rasterize_torch", "splat.rasterize", "splat.gaussians")),
+    ("losses", ("losses", "schedule", "evaluation", "queries", "splat.scoring")),
     ("model", ("model", "viewer", "splat")),
     ("pipeline", ("pipeline", "process", "bundled_ffmpeg")),
     (
@@ -32,7 +32,8 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
 )
 """Each layer may import its own and the layers above it in this list, never one below.
 A name is a module or a subpackage (all of its modules); the first layer that names a module
-wins, so ``splat``'s rasterizers sit with the field and the rest of ``splat`` with the model. ``foundation`` holds what every layer
+wins, so ``splat``'s rasterizers and Gaussians sit with the field, its latent-space scoring with the
+losses and the rest of ``splat`` with the model. ``foundation`` holds what every layer
 may use: errors, the palette and its legend, the variant options, checkpoint allow-listing."""
 
 KNOWN_BACKWARD_IMPORTS: Set[Tuple[str, str]] = set()
