@@ -48,10 +48,8 @@ def test_the_layer_graph_has_the_official_shape():
 
 def random_cloud(num_points: int = 300, extent: int = 40, batch: int = 1, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
-    coords = torch.cat(
-        [torch.randint(0, batch, (num_points, 1), generator=generator), torch.randint(0, extent, (num_points, 3), generator=generator)],
-        dim=1,
-    )
+    scene = torch.randint(0, batch, (num_points, 1), generator=generator)
+    coords = torch.cat([scene, torch.randint(0, extent, (num_points, 3), generator=generator)], dim=1)
     coords = torch.unique(coords, dim=0)
     return coords, torch.rand(len(coords), 3, generator=generator) * 2 - 1
 
@@ -91,7 +89,8 @@ def test_output_is_unchanged_by_a_shift_of_whole_coarsest_voxels_and_by_other_sc
 
 
 def test_bad_architecture_and_input_fail_with_a_message():
-    with pytest.raises(ConfigError, match="unknown 3D U-Net 'MinkUNet99'; available: MinkUNet14A, MinkUNet18A, MinkUNet34C"):
+    available = "available: MinkUNet14A, MinkUNet18A, MinkUNet34C"
+    with pytest.raises(ConfigError, match=f"unknown 3D U-Net 'MinkUNet99'; {available}"):
         MinkUNet(3, 8, "MinkUNet99")
     with pytest.raises(ValueError, match="8 levels"):
         MinkUNetSpec(planes=(1, 2), blocks=(1, 1))

@@ -95,7 +95,10 @@ def test_what_the_writer_writes_the_reader_reads(tmp_path, binary):
         (b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\n", "no 'end_header' line"),
         (b"ply\nformat binary_middle_endian 1.0\nend_header\n", "unsupported format 'binary_middle_endian'"),
         (b"ply\nelement vertex 1\nproperty float x\nend_header\n1\n", "no 'format' line"),
-        (b"ply\nformat ascii 1.0\nelement vertex 1\nproperty quad x\nend_header\n", "unreadable header line 'property quad x'"),
+        (
+            b"ply\nformat ascii 1.0\nelement vertex 1\nproperty quad x\nend_header\n",
+            "unreadable header line 'property quad x'",
+        ),
         (b"ply\nformat ascii 1.0\nelement face 0\nend_header\n", "no 'vertex' element"),
         (b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nproperty float y\nend_header\n1 2\n", "no z"),
         (ASCII_PLY.replace(b"-2.25 4 8 10 20 30 7\n3 0 1 2\n", b""), "truncated: 3 vertices announced, 2 present"),

@@ -123,7 +123,9 @@ def _read_vertices(stream: BinaryIO, vertex: _Element, file_format: str, path: P
         if len(words) < len(names):
             raise _fail(path, f"vertex {index} has {len(words)} values, the header names {len(names)}")
         try:
-            rows[index] = tuple(float(word) if dtype[name].kind == "f" else int(word) for name, word in zip(names, words))
+            rows[index] = tuple(
+                float(word) if dtype[name].kind == "f" else int(word) for name, word in zip(names, words)
+            )
         except ValueError:
             line = b" ".join(words).decode(errors="replace")
             raise _fail(path, f"vertex {index} has a value that is not a number: {line!r}") from None
@@ -153,7 +155,8 @@ def read_ply(path) -> PointCloud:
     names = set(rows.dtype.names or ())
     missing = [axis for axis in "xyz" if axis not in names]
     if missing:
-        raise _fail(path, f"the vertices have no {', '.join(missing)} (properties: {', '.join(rows.dtype.names or ())})")
+        present = ", ".join(rows.dtype.names or ())
+        raise _fail(path, f"the vertices have no {', '.join(missing)} (properties: {present})")
     xyz = np.stack([rows[axis].astype(np.float64) for axis in "xyz"], axis=1)
     if not np.isfinite(xyz).all():
         raise _fail(path, "some positions are not finite")
