@@ -20,14 +20,27 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("foundation", ("errors", "palette", "variants", "checkpoints", "legend_image")),
     ("teachers", ("teachers",)),
     ("features", ("features",)),
-    ("data", ("data", "config_checks")),
-    ("field", ("field", "splat.rasterize_torch", "splat.rasterize", "splat.gaussians")),
+    ("data", ("data", "config_checks", "vlg.ply", "vlg.voxels")),
+    ("field", ("field", "splat.rasterize_torch", "splat.rasterize", "splat.gaussians", "vlg.sparse_conv", "vlg.minkunet")),
     ("losses", ("losses", "schedule", "evaluation", "queries", "splat.scoring")),
     ("model", ("model", "viewer", "splat")),
     ("pipeline", ("pipeline", "process", "bundled_ffmpeg")),
     (
         "surfaces",
-        ("runs", "training", "legend", "export", "camera_paths", "demo", "config", "dataparser_config", "synthetic"),
+        (
+            "runs",
+            "training",
+            "legend",
+            "export",
+            "camera_paths",
+            "demo",
+            "config",
+            "dataparser_config",
+            "synthetic",
+            # The point-cloud subpackage itself; its modules are placed one by one above (the
+            # first layer that names a module wins).
+            "vlg",
+        ),
     ),
 )
 """Each layer may import its own and the layers above it in this list, never one below.
