@@ -99,6 +99,9 @@ def test_method_flags_are_the_ablation_flags_of_the_cli():
     assert cli_flags(METHODS["single_scale"]) == ["--pipeline.datamanager.pyramid.patch-fractions", "0.142857"]
     assert cli_flags(METHODS["views_10pct"]) == ["--pipeline.datamanager.clip-view-fraction", "0.1"]
     assert cli_flags(METHODS["full"]) == []
+    assert cli_flags(METHODS["distill_only"]) == ["--pipeline.model.use-rda", "False", "--pipeline.model.use-fda", "False"]
+    assert cli_flags(METHODS["full_official"]) == ["--pipeline.model.variant", "official"]
+    assert cli_flags(METHODS["full_all_views"]) == ["--pipeline.datamanager.clip-view-fraction", "1.0"]
 
 
 def test_profile_flags_parse_with_ns_train(tmp_path):
@@ -144,3 +147,18 @@ def test_trained_rows_have_learning_curves_and_diagnostics(miniature):
         assert -1.0 <= diagnostics["mean_cosine"] <= 1.0
     # The RDA baseline is scored with the same protocols as the teacher baseline.
     assert {"miou", "miou_paper"} <= set(result["rows"][BASELINE_RDA])
+
+
+def test_the_docs_tables_read_the_written_json(miniature):
+    """benchmarks/synthetic_tables.py turns the JSON into the docs' tables: every row, the
+    diagnostics' chain of decisions for the trained rows, and the acceptance checks with numbers."""
+    from benchmarks.synthetic_tables import checks, decision_table, score_table
+
+    _, out, _ = miniature
+    written = json.loads(out.read_text())
+    table = score_table([written], "miou", "accuracy")
+    assert [line.split("|")[1].strip(" `") for line in table.splitlines()[2:]] == list(ROWS)
+    assert "| fruit_lawn | `full` |" in decision_table([written])
+    lines = checks([written])
+    full, teacher = written["rows"]["full"]["miou"], written["rows"][BASELINE]["miou"]
+    assert any(line.endswith(f"full {full:.3f} >= baseline_2d {teacher:.3f} + 0.05") for line in lines)
