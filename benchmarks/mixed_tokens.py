@@ -1,6 +1,7 @@
 """How much of each object lies in DINO tokens it shares with another label, per image size.
 
     python benchmarks/mixed_tokens.py --out benchmarks/results/mixed_tokens.json
+    python benchmarks/mixed_tokens.py --sizes 1008x756 --layouts fruit_lawn --out benchmarks/results/mixed_tokens_gpu_size.json
 
 FDA (Eqs. 9-14) pulls together the labels of rays whose DINO tokens are similar. A token whose
 8x8-pixel cell holds two labels has a feature between both, so it links the two objects; an
@@ -24,7 +25,8 @@ from PIL import Image
 from ovs3d_nerfstudio.synthetic.scenes import scene_layouts, write_benchmark_scene
 
 DINO_STRIDE = 8
-SIZES = ((160, 120), (1008, 756))
+PROFILE_SIZES = ("160x120", "1008x756")
+"""The CPU and GPU profiles' written image sizes."""
 
 
 def mixed_fractions(segmentations: Path, stride: int = DINO_STRIDE) -> Dict[str, float]:
@@ -50,11 +52,14 @@ def mixed_fractions(segmentations: Path, stride: int = DINO_STRIDE) -> Dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
+    parser.add_argument("--sizes", nargs="+", default=list(PROFILE_SIZES), help="image sizes WxH (default: both profiles')")
+    parser.add_argument("--layouts", nargs="+", default=sorted(scene_layouts()), choices=sorted(scene_layouts()))
     args = parser.parse_args()
     results: Dict[str, Dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as workdir:
-        for width, height in SIZES:
-            for layout in sorted(scene_layouts()):
+        for size in args.sizes:
+            width, height = (int(value) for value in size.split("x"))
+            for layout in args.layouts:
                 scene = write_benchmark_scene(layout, Path(workdir) / f"{layout}_{width}", 0, width, height, 24)
                 results[f"{layout}@{width}x{height}"] = mixed_fractions(scene / "segmentations")
                 print(layout, f"{width}x{height}", results[f"{layout}@{width}x{height}"], flush=True)
