@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 
 from ovs3d_nerfstudio import losses
 from ovs3d_nerfstudio.model import Ovs3dModel, Ovs3dModelConfig
 from ovs3d_nerfstudio.schedule import Phase, ScheduleConfig
-from tiny_run import TINY_TRAINING, below
+from tiny_run import TINY_TRAINING, below, random_rays
 
 LABELS, SCALES, DIM, RAYS = ["red apple", "green lawn", "wood wall"], 3, 16, 24
 PATCHES, TOKENS, DINO_DIM = 2, 4, 8
@@ -34,16 +32,6 @@ def tiny_model(step: int, **options) -> Ovs3dModel:
     model.train()
     model.enter_step(step)
     return model
-
-
-def rays(count: int) -> RayBundle:
-    generator = torch.Generator().manual_seed(1)
-    return RayBundle(
-        origins=torch.zeros(count, 3),
-        directions=F.normalize(torch.randn(count, 3, generator=generator), dim=-1),
-        pixel_area=torch.full((count, 1), 1e-4),
-        camera_indices=torch.randint(0, 4, (count, 1), generator=generator),
-    )
 
 
 def batch(with_patches: bool = False, with_selection_target: bool = False) -> dict:
@@ -69,7 +57,7 @@ def selection_grad(model: Ovs3dModel, loss: torch.Tensor) -> float:
 
 def test_purity_training_moves_the_selection_only_through_the_selection_loss():
     model = tiny_model(step=1, selection_training="dino-purity")
-    outputs = model(rays(RAYS))
+    outputs = model(random_rays(RAYS))
     given = batch(with_selection_target=True)
     loss_dict = model.get_loss_dict(outputs, given)
     expected = losses.selection_loss(outputs["selection"], given["selection_target"])
@@ -81,7 +69,7 @@ def test_purity_training_moves_the_selection_only_through_the_selection_loss():
 
 def test_supervision_training_moves_the_selection_through_eq_3():
     model = tiny_model(step=1, selection_training="supervision")
-    loss_dict = model.get_loss_dict(model(rays(RAYS)), batch())
+    loss_dict = model.get_loss_dict(model(random_rays(RAYS)), batch())
     assert "selection" not in loss_dict
     assert selection_grad(model, loss_dict["clip"]) > 0.0
 
@@ -89,7 +77,7 @@ def test_supervision_training_moves_the_selection_through_eq_3():
 @pytest.mark.parametrize(("variant", "logits", "sharpened"), [("default", "dot", True), ("paper", "cosine", False)])
 def test_rda_uses_the_variants_logits_and_target(variant, logits, sharpened):
     model = tiny_model(step=1, variant=variant, selection_training="supervision")
-    outputs = model(rays(RAYS))
+    outputs = model(random_rays(RAYS))
     given = batch()
     relevancy = losses.selected_relevancy(given["relevancy"], outputs["selection"])
     z = outputs["logits"] if logits == "cosine" else losses.dot_product_logits(outputs["clip"], model.text_features)
@@ -103,6 +91,6 @@ def test_fda_start_decides_whether_the_frozen_phase_has_fda(fda_start, frozen_ha
     for step, phase in ((1, Phase.SEGMENTATION_FROZEN), (3, Phase.SEGMENTATION_JOINT)):
         model = tiny_model(step=step, fda_start=fda_start)
         assert model.phase is phase
-        loss_dict = model.get_loss_dict(model(rays(RAYS + PATCHES * TOKENS)), batch(with_patches=True))
+        loss_dict = model.get_loss_dict(model(random_rays(RAYS + PATCHES * TOKENS)), batch(with_patches=True))
         expected = phase is Phase.SEGMENTATION_JOINT or frozen_has_fda
         assert ("fda_pos" in loss_dict and "fda_neg" in loss_dict) == expected, (fda_start, phase)

@@ -8,15 +8,13 @@ selection volume.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 
 from ovs3d_nerfstudio import losses
 from ovs3d_nerfstudio.model import Ovs3dModel, Ovs3dModelConfig
 from ovs3d_nerfstudio.schedule import Phase, ScheduleConfig
-from tiny_run import TINY_TRAINING, below
+from tiny_run import TINY_TRAINING, below, random_rays
 
 LABELS, SCALES, DIM, RAYS = ["red apple", "green lawn", "wood wall"], 3, 16, 32
 
@@ -36,16 +34,6 @@ def tiny_model(use_selection: bool) -> Ovs3dModel:
     return model
 
 
-def rays() -> RayBundle:
-    generator = torch.Generator().manual_seed(1)
-    return RayBundle(
-        origins=torch.zeros(RAYS, 3),
-        directions=F.normalize(torch.randn(RAYS, 3, generator=generator), dim=-1),
-        pixel_area=torch.full((RAYS, 1), 1e-4),
-        camera_indices=torch.randint(0, 4, (RAYS, 1), generator=generator),
-    )
-
-
 def batch() -> dict:
     generator = torch.Generator().manual_seed(2)
     return {
@@ -58,7 +46,7 @@ def batch() -> dict:
 
 def test_without_selection_the_scales_are_averaged_and_the_volume_gets_no_gradient():
     model = tiny_model(use_selection=False)
-    outputs = model(rays())
+    outputs = model(random_rays(RAYS))
     torch.testing.assert_close(outputs["selection"], torch.full((RAYS, SCALES), 1.0 / SCALES))
     loss_dict = model.get_loss_dict(outputs, batch())
     uniform = torch.full((RAYS, SCALES), 1.0 / SCALES)
@@ -74,7 +62,7 @@ def test_without_selection_the_scales_are_averaged_and_the_volume_gets_no_gradie
 def test_with_selection_the_scales_are_chosen_per_ray_and_the_volume_trains():
     """The same model with the selection on: what the ablation switches off."""
     model = tiny_model(use_selection=True)
-    outputs = model(rays())
+    outputs = model(random_rays(RAYS))
     assert not torch.allclose(outputs["selection"], torch.full((RAYS, SCALES), 1.0 / SCALES))
     torch.testing.assert_close(outputs["selection"].sum(-1), torch.ones(RAYS))
     sum(model.get_loss_dict(outputs, batch()).values()).backward()

@@ -53,6 +53,21 @@ TINY_TRAINING: Dict[str, Any] = {
 few rays and samples (``FEW_RAYS``), rays at half the image size."""
 
 
+def random_rays(count: int, seed: int = 1):
+    """``count`` rays from the origin in random directions, for model tests without a datamanager."""
+    import torch
+    import torch.nn.functional as F
+    from nerfstudio.cameras.rays import RayBundle
+
+    generator = torch.Generator().manual_seed(seed)
+    return RayBundle(
+        origins=torch.zeros(count, 3),
+        directions=F.normalize(torch.randn(count, 3, generator=generator), dim=-1),
+        pixel_area=torch.full((count, 1), 1e-4),
+        camera_indices=torch.randint(0, 4, (count, 1), generator=generator),
+    )
+
+
 def below(prefix: str, settings: Dict[str, Any]) -> Dict[str, Any]:
     """The settings under ``prefix`` (e.g. ``pipeline.model.``), named relative to it: the
     keyword arguments of the config found there."""
