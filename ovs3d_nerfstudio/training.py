@@ -48,6 +48,9 @@ def train_in_process(trainer: Trainer, before_train: Optional[Callable[[Trainer]
     """
     config = trainer.config
     seed_everything(config.machine.seed)
+    # nerfstudio keeps its event writers in a module-level list that Trainer.setup appends to and
+    # offers no call to remove them: each in-process run closes and drops its own, so the next
+    # run does not log into this one's files.
     writers_before = len(writer.EVENT_WRITERS)
     start = time.perf_counter()
     config.save_config()  # as ns-train does first: ns-eval / ns-viewer / ns-render can load the run

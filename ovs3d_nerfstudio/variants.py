@@ -60,8 +60,8 @@ VARIANTS["default"] = replace(
     VARIANTS["official"], fda_divergence="js", rda_target="sharpened", selection_training="dino-purity"
 )
 """The official code's choices, with the paper's bounded JS in FDA and the two changes beyond both
-(RDA's target sharpened with Eq. 10's tau; the selection trained on DINO purity), chosen by
-measurement over the public benchmark scenes (docs/benchmarks.md)."""
+(RDA's target sharpened with Eq. 10's tau; the selection trained on DINO purity), chosen from
+side-by-side runs on two public benchmark scenes and checked on all four (docs/benchmarks.md)."""
 
 OPTION_NAMES = tuple(field.name for field in fields(VariantOptions))
 BEYOND_PAPER = ("selection_training", "rda_target")
