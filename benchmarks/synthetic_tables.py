@@ -1,6 +1,6 @@
 """Markdown tables and the acceptance checks of the synthetic benchmark, from its result JSON files.
 
-    python benchmarks/synthetic_tables.py benchmarks/results/{fruit_lawn,desk,shelf,living_room}_cpu.json
+    python benchmarks/synthetic_tables.py benchmarks/results/{fruit_lawn,desk,shelf,living_room}_cpu*.json
 
 Prints, for docs/benchmarks.md: mIoU / accuracy per row and scene with the mean over the scenes
 that have the row, the paper-protocol mIoU, per-class IoU, the diagnostics of the trained rows
@@ -160,11 +160,24 @@ def checks(results: Sequence[Dict[str, Any]]) -> List[str]:
     return out
 
 
+def merge_scenes(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One result per scene, in first-seen order: rows of later files of a scene are added to the
+    first file's (extra rows run separately on the same deterministic reconstruction)."""
+    merged: Dict[str, Dict[str, Any]] = {}
+    for result in results:
+        if result["scene"] in merged:
+            for name, row in result["rows"].items():
+                merged[result["scene"]]["rows"].setdefault(name, row)
+        else:
+            merged[result["scene"]] = {**result, "rows": dict(result["rows"])}
+    return list(merged.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path, help="result JSON files of run_synthetic.py, one per scene")
     args = parser.parse_args()
-    results = [json.loads(path.read_text()) for path in args.results]
+    results = merge_scenes([json.loads(path.read_text()) for path in args.results])
     sections = {
         "mIoU / accuracy (ns-eval, pooled protocol)": score_table(results, "miou", "accuracy"),
         "mIoU, the paper's protocol (per view and class, absent-absent = 0)": score_table(results, "miou_paper"),

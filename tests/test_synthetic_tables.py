@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.synthetic_tables import checks, score_table
+from benchmarks.synthetic_tables import checks, merge_scenes, score_table
 
 
 def result(scene, scores, classes):
@@ -64,3 +64,12 @@ def test_mixed_token_fraction_counts_pixels_in_cells_shared_with_another_label(t
     fractions = mixed_fractions(tmp_path, stride=8)
     assert fractions["ball"] == round(8 / 72, 3)
     assert fractions["wall"] == round(56 / 184, 3)
+
+
+def test_files_of_one_scene_are_merged_row_by_row_in_first_seen_order():
+    extra = {"scene": "a", "labels": [], "rows": {"full_paper": {"miou": 0.3}, "full": {"miou": 0.0}}}
+    merged = merge_scenes([GOOD, BAD, extra])
+    assert [result["scene"] for result in merged] == ["a", "b"]
+    assert merged[0]["rows"]["full_paper"]["miou"] == 0.3
+    assert merged[0]["rows"]["full"]["miou"] == 0.60  # the first file's row is kept
+    assert "full_paper" not in GOOD["rows"]  # inputs are not modified
