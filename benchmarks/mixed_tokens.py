@@ -17,7 +17,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 from PIL import Image
@@ -27,6 +27,17 @@ from ovs3d_nerfstudio.synthetic.scenes import scene_layouts, write_benchmark_sce
 DINO_STRIDE = 8
 PROFILE_SIZES = ("160x120", "1008x756")
 """The CPU and GPU profiles' written image sizes."""
+
+
+def image_size(text: str) -> Tuple[int, int]:
+    """``WxH`` -> (width, height); argparse turns the ValueError into one usage line."""
+    try:
+        width, height = (int(value) for value in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an image size as WIDTHxHEIGHT, e.g. 160x120") from None
+    if width < 8 or height < 8:
+        raise argparse.ArgumentTypeError(f"{text!r}: an image must hold at least one 8x8 DINO token")
+    return width, height
 
 
 def mixed_fractions(segmentations: Path, stride: int = DINO_STRIDE) -> Dict[str, float]:
@@ -52,13 +63,12 @@ def mixed_fractions(segmentations: Path, stride: int = DINO_STRIDE) -> Dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
-    parser.add_argument("--sizes", nargs="+", default=list(PROFILE_SIZES), help="image sizes WxH (default: both profiles')")
+    parser.add_argument("--sizes", nargs="+", type=image_size, default=[image_size(size) for size in PROFILE_SIZES], help="image sizes WxH (default: both profiles')")
     parser.add_argument("--layouts", nargs="+", default=sorted(scene_layouts()), choices=sorted(scene_layouts()))
     args = parser.parse_args()
     results: Dict[str, Dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as workdir:
-        for size in args.sizes:
-            width, height = (int(value) for value in size.split("x"))
+        for width, height in args.sizes:
             for layout in args.layouts:
                 scene = write_benchmark_scene(layout, Path(workdir) / f"{layout}_{width}", 0, width, height, 24)
                 results[f"{layout}@{width}x{height}"] = mixed_fractions(scene / "segmentations")

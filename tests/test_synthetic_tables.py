@@ -73,3 +73,16 @@ def test_files_of_one_scene_are_merged_row_by_row_in_first_seen_order():
     assert merged[0]["rows"]["full_paper"]["miou"] == 0.3
     assert merged[0]["rows"]["full"]["miou"] == 0.60  # the first file's row is kept
     assert "full_paper" not in GOOD["rows"]  # inputs are not modified
+
+
+def test_mixed_token_sizes_are_parsed_or_refused_in_one_line():
+    import argparse
+
+    import pytest
+
+    from benchmarks.mixed_tokens import image_size
+
+    assert image_size("1008x756") == (1008, 756)
+    for bad in ("160", "axb", "4x4"):
+        with pytest.raises(argparse.ArgumentTypeError, match="WIDTHxHEIGHT|8x8"):
+            image_size(bad)
