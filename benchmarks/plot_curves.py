@@ -1,6 +1,6 @@
 """Learning curves of the synthetic benchmark: ray-resolution mIoU per trained row, one panel per scene.
 
-    python benchmarks/plot_curves.py benchmarks/results/*_cpu.json --out docs/images/learning-curves.png
+    python benchmarks/plot_curves.py benchmarks/results/{fruit_lawn,desk,shelf,living_room}_cpu.json --out docs/images/learning-curves.png
 
 Each curve is a row's ``miou_curve`` (mIoU of the rendered labels on the annotated views at
 the ray resolution, every ``curve_every`` segmentation steps); the dashed lines are the two

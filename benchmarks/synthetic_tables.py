@@ -177,7 +177,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path, help="result JSON files of run_synthetic.py, one per scene")
     args = parser.parse_args()
-    results = merge_scenes([json.loads(path.read_text()) for path in args.results])
+    loaded = []
+    for path in args.results:
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            parser.error(f"{path}: cannot read it as JSON ({error})")
+        if not isinstance(result, dict) or not {"scene", "rows"} <= result.keys():
+            parser.error(f"{path}: not a result file of run_synthetic.py (no 'scene' and 'rows')")
+        loaded.append(result)
+    results = merge_scenes(loaded)
     sections = {
         "mIoU / accuracy (ns-eval, pooled protocol)": score_table(results, "miou", "accuracy"),
         "mIoU, the paper's protocol (per view and class, absent-absent = 0)": score_table(results, "miou_paper"),
