@@ -58,13 +58,13 @@ def _not_a_file(path: Optional[Path]) -> bool:
     return path is None or not Path(path).exists() or Path(path).is_dir()
 
 
-_WHOLE = "a whole number >= {}"
-_WEIGHT = ">= 0 (0 switches the term off)"
+WHOLE_NUMBER = "a whole number >= {}"
+WEIGHT = ">= 0 (0 switches the term off)"
 
 DATAMANAGER_FLAGS = "--pipeline.datamanager."
 DATAMANAGER_RULES: Tuple[Rule, ...] = (
-    Rule("train_num_rays_per_batch", at_least(1), _WHOLE.format(1)),
-    Rule("ray_downscale", at_least(1), _WHOLE.format(1) + " (1 = full resolution; the paper: 8)"),
+    Rule("train_num_rays_per_batch", at_least(1), WHOLE_NUMBER.format(1)),
+    Rule("ray_downscale", at_least(1), WHOLE_NUMBER.format(1) + " (1 = full resolution; the paper: 8)"),
     Rule(
         "clip_view_fraction",
         lambda v: v is None or (_number(v) and 0.0 < v <= 1.0),
@@ -75,14 +75,14 @@ DATAMANAGER_RULES: Tuple[Rule, ...] = (
         lambda values: len(values) > 0 and all(_number(v) and 0.0 < v <= 1.0 for v in values),
         "one or more window sides in (0, 1], as fractions of the short image side (the paper: 0.2 0.142857 0.1)",
     ),
-    Rule("clip.batch_size", lambda v: v is None or at_least(1)(v), _WHOLE.format(1) + " (or None: automatic)"),
-    Rule("num_patches", at_least(1), _WHOLE.format(1)),
-    Rule("patch_tokens", at_least(2), _WHOLE.format(2) + " (FDA correlates the tokens of a patch)"),
-    Rule("patch_downscale", at_least(1), _WHOLE.format(1) + " (the paper: 5)"),
+    Rule("clip.batch_size", lambda v: v is None or at_least(1)(v), WHOLE_NUMBER.format(1) + " (or None: automatic)"),
+    Rule("num_patches", at_least(1), WHOLE_NUMBER.format(1)),
+    Rule("patch_tokens", at_least(2), WHOLE_NUMBER.format(2) + " (FDA correlates the tokens of a patch)"),
+    Rule("patch_downscale", at_least(1), WHOLE_NUMBER.format(1) + " (the paper: 5)"),
     Rule(
         "patch_rays_per_token",
         lambda v: v is None or at_least(1)(v),
-        _WHOLE.format(1) + " and at most the DINO stride, or unset to follow --pipeline.model.variant",
+        WHOLE_NUMBER.format(1) + " and at most the DINO stride, or unset to follow --pipeline.model.variant",
     ),
     Rule("camera_res_scale_factor", above(0.0), "> 0"),
     Rule("cache_dir", _not_a_file, "a folder, not an existing file"),
@@ -90,7 +90,7 @@ DATAMANAGER_RULES: Tuple[Rule, ...] = (
 
 DATAPARSER_FLAGS = "ovs3d-data --"
 DATAPARSER_RULES: Tuple[Rule, ...] = (
-    Rule("eval_interval", at_least(1), _WHOLE.format(1)),
+    Rule("eval_interval", at_least(1), WHOLE_NUMBER.format(1)),
     Rule("downscale_factor", above(0.0), "> 0 (1 = full resolution)"),
     Rule("scene_scale", above(0.0), "> 0"),
     Rule("scale_factor", above(0.0), "> 0"),
@@ -99,7 +99,7 @@ DATAPARSER_RULES: Tuple[Rule, ...] = (
 MODEL_FLAGS = "--pipeline.model."
 MODEL_RULES: Tuple[Rule, ...] = (
     *(
-        Rule(name, at_least(0.0), _WEIGHT)
+        Rule(name, at_least(0.0), WEIGHT)
         for name in (
             "clip_loss_mult",
             "rda_loss_mult",
@@ -113,7 +113,7 @@ MODEL_RULES: Tuple[Rule, ...] = (
     Rule("fda_shift", lambda v: _number(v) and -1.0 < v < 1.0, "in (-1, 1), a DINO cosine (the paper: 0.7)"),
     Rule("near_plane", at_least(0.0), ">= 0"),
     *(
-        Rule(name, at_least(1), _WHOLE.format(1))
+        Rule(name, at_least(1), WHOLE_NUMBER.format(1))
         for name in (
             "fda_chunk_size",
             "num_levels",
@@ -135,10 +135,10 @@ MODEL_RULES: Tuple[Rule, ...] = (
             "eval_num_rays_per_chunk",
         )
     ),
-    Rule("appearance_embedding_dim", at_least(0), _WHOLE.format(0)),
-    Rule("proposal_warmup", at_least(0), _WHOLE.format(0)),
+    Rule("appearance_embedding_dim", at_least(0), WHOLE_NUMBER.format(0)),
+    Rule("proposal_warmup", at_least(0), WHOLE_NUMBER.format(0)),
     Rule("num_proposal_samples_per_ray", each_at_least(1), "whole numbers >= 1, one per proposal network"),
-    *(Rule(f"schedule.{name}_steps", at_least(0), _WHOLE.format(0)) for name in ("reconstruction", "frozen", "joint")),
+    *(Rule(f"schedule.{name}_steps", at_least(0), WHOLE_NUMBER.format(0)) for name in ("reconstruction", "frozen", "joint")),
     *(
         Rule(f"schedule.{name}", above(0.0), "> 0")
         for name in ("reconstruction_lr", "reconstruction_lr_final", "segmentation_decay")

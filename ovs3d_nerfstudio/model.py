@@ -30,16 +30,16 @@ from ovs3d_nerfstudio.field import ClipHead, FieldOutput, Ovs3dField
 from ovs3d_nerfstudio.data.labels import validate_labels
 from ovs3d_nerfstudio.palette import colourize, palette
 from ovs3d_nerfstudio.queries import CANONICAL_NEGATIVES, overlay, query_relevancy
-from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig
+from ovs3d_nerfstudio.schedule import Phase, ScheduleConfig
 from ovs3d_nerfstudio.teachers.shared import Teachers
 from ovs3d_nerfstudio.variants import VariantName, VariantOptions, resolve_options
 
 
 @dataclass
-class Ovs3dModelConfig(ModelConfig):
-    """3D-OVS on a nerfacto-style field. Loss weights and schedule default to the paper's."""
+class SegmentationOptions:
+    """The method's options shared by both variants (``ovs3d`` and ``ovs3d-splat``), with one
+    meaning and one command-line name in both. Loss weights and schedule default to the paper's."""
 
-    _target: Type = field(default_factory=lambda: Ovs3dModel)
     labels: Tuple[str, ...] = ()
     """Text labels to segment; when given they override the dataset's labels file."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -92,6 +92,25 @@ class Ovs3dModelConfig(ModelConfig):
     """b, the DINO similarity above which two tokens count as similar (Eqs. 12-13)."""
     fda_chunk_size: int = 128
     """Rows of the pairwise JS correlation computed at once (memory bound of the FDA loss)."""
+
+    def variant_options(self) -> VariantOptions:
+        """The variant's options with every explicitly given one in its place."""
+        return resolve_options(
+            self.variant,
+            rda_logits=self.rda_logits,
+            fda_divergence=self.fda_divergence,
+            normalize_scale_targets=self.normalize_scale_targets,
+            selection_activation=self.selection_activation,
+            selection_training=self.selection_training,
+            rda_target=self.rda_target,
+        )
+
+
+@dataclass
+class Ovs3dModelConfig(SegmentationOptions, ModelConfig):
+    """3D-OVS on a nerfacto-style field. Loss weights and schedule default to the paper's."""
+
+    _target: Type = field(default_factory=lambda: Ovs3dModel)
     near_plane: float = 0.05
     """How far along the ray to start sampling."""
     far_plane: float = 1000.0
@@ -155,7 +174,155 @@ class Ovs3dModelConfig(ModelConfig):
     """tcnn uses tiny-cuda-nn when installed and falls back to torch (CPU works) otherwise."""
 
 
-class Ovs3dModel(Model):
+class SegmentationModel:
+    """What both variants' models share: labels and text features, display labels and free
+    queries (viewer, ns-render), the phase of each step, and the losses computed from rendered
+    CLIP features, class cosines and selections. Mixed into a nerfstudio ``Model`` whose config
+    is a :class:`SegmentationOptions`; the model provides ``_clip_head`` and ``get_param_groups``."""
+
+    config: SegmentationOptions
+
+    def setup_segmentation(self) -> None:
+        """Variant options, labels, text features, palette and the shared teachers, from the
+        pipeline's ``metadata`` and ``teachers`` (``populate_modules`` calls it)."""
+        self.options: VariantOptions = self.config.variant_options()
+        metadata = self.kwargs["metadata"]
+        self.labels: List[str] = list(metadata["labels"])
+        # Without text features (a run being reloaded) D is unknown until the checkpoint is read.
+        text = metadata.get("text_features", torch.zeros(len(self.labels), 1)).float()
+        self.register_buffer("text_features", F.normalize(text, dim=-1))
+        self.num_scales = int(metadata["num_scales"])
+        self.register_buffer("label_colours", palette(len(self.labels)))
+        self.teachers: Optional[Teachers] = self.kwargs.get("teachers")
+        self.display_labels: List[str] = list(self.labels)
+        self._display_text: Optional[Tensor] = None
+        self._query: Optional[Tensor] = None
+        self.eval_view_listeners: List[Callable[[Tensor, Tensor], None]] = []
+        """Called with (predicted, ground-truth) label maps on the CPU for every annotated view
+        that ns-eval's code path scores (:meth:`get_image_metrics_and_images`)."""
+        self.step = 0
+        self.phase = self.config.schedule.phase(0)
+
+    @property
+    def normalize_scale_targets(self) -> bool:
+        return self.options.normalize_scale_targets
+
+    # ------------------------------------------------------------ display labels
+    def match_checkpoint(self, state: Dict[str, Tensor]) -> None:
+        """Sizes the text buffer and CLIP head like a checkpoint's before it is loaded."""
+        dim = state["_model.text_features"].shape[-1]
+        if self.text_features.shape[-1] != dim:
+            self.text_features = torch.zeros(len(self.labels), dim, device=self.device)
+            self.clip_head = self._clip_head(dim).to(self.device)
+
+    def encode_text(self, texts: List[str]) -> Tensor:
+        if self.teachers is None:
+            raise RuntimeError("no teachers were passed to the model: it cannot encode new text")
+        with torch.no_grad():
+            return F.normalize(self.teachers.clip.encode_text(texts).float(), dim=-1).to(self.device)
+
+    def set_display_labels(self, labels: List[str]) -> None:
+        """Re-scores rendered features against new labels (no retraining; the losses keep the old ones)."""
+        labels = validate_labels(labels, "the viewer's label list")
+        self._display_text = None if labels == self.labels else self.encode_text(labels)
+        self.display_labels = labels
+
+    def set_query(self, phrase: Optional[str]) -> None:
+        """A free phrase adds a ``query_relevancy`` output; None removes it."""
+        self._query = None if phrase is None else self.encode_text([phrase, *CANONICAL_NEGATIVES])
+
+    @property
+    def display_text_features(self) -> Tensor:
+        return self.text_features if self._display_text is None else self._display_text.to(self.device)
+
+    @property
+    def display_colours(self) -> Tensor:
+        return palette(len(self.display_labels)).to(self.device)
+
+    def enter_step(self, step: int) -> None:
+        """Sets the phase and the frozen groups for ``step`` (learning rates: ``schedule.PhaseScheduler``).
+
+        A pure function of the step, so a resumed run lands in the right phase.
+        """
+        self.step = step
+        phase = self.config.schedule.phase(step)
+        if phase is not self.phase or step == 0:
+            CONSOLE.print(f"[bold green]ovs3d: step {step}: phase '{phase.value}'")
+        self.phase = phase
+        for group, params in self.get_param_groups().items():
+            trainable = group in self.config.schedule.trainable(phase)
+            for param in params:
+                param.requires_grad_(trainable)
+
+    @torch.no_grad()
+    def class_probabilities_along_ray(self, origin: Tensor, direction: Tensor) -> Tensor:
+        """The class probabilities [C] of one rendered ray (the viewer's click readout); models
+        that render cameras rather than rays override it."""
+        device = self.device
+        bundle = RayBundle(
+            origins=origin.float().to(device)[None],
+            directions=F.normalize(direction.float().to(device), dim=-1)[None],
+            pixel_area=torch.full((1, 1), 1e-6, device=device),
+            camera_indices=torch.zeros((1, 1), dtype=torch.long, device=device),
+        )
+        was_training = self.training
+        self.eval()
+        try:
+            return self(bundle)["class_probabilities"][0]
+        finally:
+            self.train(was_training)
+
+    def render_selection(self, rendered_logits: Tensor) -> Tensor:
+        """Eq. 2: softmax of the rendered selection logits (uniform for the no-selection ablation)."""
+        if not self.config.use_selection:
+            return torch.full_like(rendered_logits, 1.0 / self.num_scales)
+        return torch.softmax(rendered_logits, dim=-1)
+
+    def supervision_losses(self, clip: Tensor, logits: Tensor, selection: Tensor, batch: Dict) -> Dict[str, Tensor]:
+        """Eq. 3 (``clip``), RDA (``rda``) and the DINO-purity ``selection`` loss of the sampled
+        rays or pixels: their CLIP features [R, D], class cosines [R, C] and selection [R, N_s],
+        against the batch's targets."""
+        loss_dict: Dict[str, Tensor] = {}
+        if "selection_target" in batch:
+            loss_dict["selection"] = losses.selection_loss(selection, batch["selection_target"].to(self.device))
+            selection = selection.detach()
+        loss_dict["clip"] = self.config.clip_loss_mult * losses.clip_supervision_loss(
+            clip, batch["clip_targets"], selection, normalize_scales=self.normalize_scale_targets
+        )
+        if self.config.use_rda and "relevancy" in batch:
+            relevancy = losses.selected_relevancy(batch["relevancy"], selection)
+            if self.options.rda_logits == "dot":
+                logits = losses.dot_product_logits(clip, self.text_features)
+            sharpening = self.config.fda_temperature if self.options.rda_target == "sharpened" else None
+            loss_dict["rda"] = self.config.rda_loss_mult * losses.rda_loss(logits, relevancy, sharpening)
+        return loss_dict
+
+    def fda_from_logits(self, logits: Tensor, dino_tokens: Tensor) -> Tuple[Tensor, Tensor]:
+        """Eq. 14's two parts from the class cosines of each patch's tokens [P, T, C], with the
+        variant's divergence and the configured weights."""
+        weights = dict(
+            tau=self.config.fda_temperature,
+            shift=self.config.fda_shift,
+            lambda_pos=self.config.fda_lambda_pos,
+            lambda_neg=self.config.fda_lambda_neg if self.config.fda_rebalance else self.config.fda_lambda_pos,
+        )
+        if self.options.fda_divergence == "kl":
+            return losses.fda_loss_kl(logits, dino_tokens, **weights)
+        return losses.fda_loss(logits, dino_tokens, chunk_size=self.config.fda_chunk_size, **weights)
+
+    def label_metrics(self, predicted: Tensor, ground_truth: Tensor) -> Dict[str, float]:
+        """Both metric protocols of a predicted label map against an annotated view's; the
+        ``eval_view_listeners`` get both maps."""
+        ground_truth = ground_truth.to(self.device)
+        metrics = segmentation_metrics(predicted, ground_truth, len(self.labels))
+        metrics.update(class_count_metrics(predicted, ground_truth, self.display_labels))
+        metrics.update(paper_metrics(predicted, ground_truth, self.display_labels))
+        for listener in self.eval_view_listeners:
+            listener(predicted.cpu(), ground_truth.cpu())
+        return metrics
+
+
+class Ovs3dModel(SegmentationModel, Model):
     """Renders RGB, CLIP features and scale selection; scores them against the text labels.
 
     The dataset metadata provides ``labels`` (list of str), ``num_scales`` (N_s) and, for
@@ -172,30 +339,7 @@ class Ovs3dModel(Model):
 
     def populate_modules(self):
         super().populate_modules()
-        self.options: VariantOptions = resolve_options(
-            self.config.variant,
-            rda_logits=self.config.rda_logits,
-            fda_divergence=self.config.fda_divergence,
-            normalize_scale_targets=self.config.normalize_scale_targets,
-            selection_activation=self.config.selection_activation,
-            selection_training=self.config.selection_training,
-            rda_target=self.config.rda_target,
-        )
-        self.labels: List[str] = list(self.kwargs["metadata"]["labels"])
-        metadata = self.kwargs["metadata"]
-        # Without text features (a run being reloaded) D is unknown until the checkpoint is read.
-        text = metadata.get("text_features", torch.zeros(len(self.labels), 1)).float()
-        self.register_buffer("text_features", F.normalize(text, dim=-1))
-        self.num_scales = int(self.kwargs["metadata"]["num_scales"])
-        self.register_buffer("label_colours", palette(len(self.labels)))
-        self.teachers: Optional[Teachers] = self.kwargs.get("teachers")
-        self.display_labels: List[str] = list(self.labels)
-        self._display_text: Optional[Tensor] = None
-        self._query: Optional[Tensor] = None
-        self.eval_view_listeners: List[Callable[[Tensor, Tensor], None]] = []
-        """Called with (predicted, ground-truth) label maps on the CPU for every annotated view
-        that ns-eval's code path scores (:meth:`get_image_metrics_and_images`)."""
-
+        self.setup_segmentation()
         contraction = SceneContraction(order=float("inf"))
         self.field = Ovs3dField(
             self.scene_box.aabb,
@@ -249,47 +393,9 @@ class Ovs3dModel(Model):
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer(method="median")
         self.rgb_loss = MSELoss()
-        self.step = 0
-        self.phase = self.config.schedule.phase(0)
-
-    @property
-    def normalize_scale_targets(self) -> bool:
-        return self.options.normalize_scale_targets
-
-    # ------------------------------------------------------------ display labels
-    def match_checkpoint(self, state: Dict[str, Tensor]) -> None:
-        """Sizes the text buffer and CLIP head like a checkpoint's before it is loaded."""
-        dim = state["_model.text_features"].shape[-1]
-        if self.text_features.shape[-1] != dim:
-            self.text_features = torch.zeros(len(self.labels), dim, device=self.device)
-            self.clip_head = self._clip_head(dim).to(self.device)
 
     def _clip_head(self, dim: int) -> ClipHead:
         return ClipHead(self.config.appearance_dim, dim, self.config.clip_head_layers, self.config.clip_head_width)
-
-    def encode_text(self, texts: List[str]) -> Tensor:
-        if self.teachers is None:
-            raise RuntimeError("no teachers were passed to the model: it cannot encode new text")
-        with torch.no_grad():
-            return F.normalize(self.teachers.clip.encode_text(texts).float(), dim=-1).to(self.device)
-
-    def set_display_labels(self, labels: List[str]) -> None:
-        """Re-scores rendered features against new labels (no retraining; the losses keep the old ones)."""
-        labels = validate_labels(labels, "the viewer's label list")
-        self._display_text = None if labels == self.labels else self.encode_text(labels)
-        self.display_labels = labels
-
-    def set_query(self, phrase: Optional[str]) -> None:
-        """A free phrase adds a ``query_relevancy`` output; None removes it."""
-        self._query = None if phrase is None else self.encode_text([phrase, *CANONICAL_NEGATIVES])
-
-    @property
-    def display_text_features(self) -> Tensor:
-        return self.text_features if self._display_text is None else self._display_text.to(self.device)
-
-    @property
-    def display_colours(self) -> Tensor:
-        return palette(len(self.display_labels)).to(self.device)
 
     # ------------------------------------------------------------------ schedule
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -301,21 +407,6 @@ class Ovs3dModel(Model):
             "selection": list(self.field.selection_volume.parameters()),
             "clip_head": list(self.clip_head.parameters()),
         }
-
-    def enter_step(self, step: int) -> None:
-        """Sets the phase and the frozen groups for ``step`` (learning rates: ``schedule.PhaseScheduler``).
-
-        A pure function of the step, so a resumed run lands in the right phase.
-        """
-        self.step = step
-        phase = self.config.schedule.phase(step)
-        if phase is not self.phase or step == 0:
-            CONSOLE.print(f"[bold green]ovs3d: step {step}: phase '{phase.value}'")
-        self.phase = phase
-        for group, params in self.get_param_groups().items():
-            trainable = group in TRAINABLE[phase]
-            for param in params:
-                param.requires_grad_(trainable)
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         anneal_iters = self.config.proposal_weights_anneal_max_num_iters
@@ -399,12 +490,6 @@ class Ovs3dModel(Model):
         outputs["labels_overlay"] = overlay(outputs["rgb"], outputs["labels"], label_ids)
         return outputs
 
-    def render_selection(self, rendered_logits: Tensor) -> Tensor:
-        """Eq. 2: softmax of the rendered selection logits (uniform for the no-selection ablation)."""
-        if not self.config.use_selection:
-            return torch.full_like(rendered_logits, 1.0 / self.num_scales)
-        return torch.softmax(rendered_logits, dim=-1)
-
     # -------------------------------------------------------------------- losses
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         num_rays = batch["num_random_rays"]  # patch rays, if any, follow the random rays
@@ -432,22 +517,11 @@ class Ovs3dModel(Model):
             loss_dict["distortion"] = self.config.distortion_loss_mult * metrics_dict["distortion"]
         if phase is Phase.RECONSTRUCTION or "clip_targets" not in batch or "clip" not in outputs:
             return loss_dict
-        selection = outputs["selection"][:num_rays]
-        if "selection_target" in batch:
-            loss_dict["selection"] = losses.selection_loss(selection, batch["selection_target"].to(self.device))
-            selection = selection.detach()
-        loss_dict["clip"] = self.config.clip_loss_mult * losses.clip_supervision_loss(
-            outputs["clip"][:num_rays], batch["clip_targets"], selection, normalize_scales=self.normalize_scale_targets
-        )
-        if self.config.use_rda and "relevancy" in batch:
-            relevancy = losses.selected_relevancy(batch["relevancy"], selection)
-            logits = (
-                outputs["logits"][:num_rays]
-                if self.options.rda_logits == "cosine"
-                else losses.dot_product_logits(outputs["clip"][:num_rays], self.text_features)
+        loss_dict.update(
+            self.supervision_losses(
+                outputs["clip"][:num_rays], outputs["logits"][:num_rays], outputs["selection"][:num_rays], batch
             )
-            sharpening = self.config.fda_temperature if self.options.rda_target == "sharpened" else None
-            loss_dict["rda"] = self.config.rda_loss_mult * losses.rda_loss(logits, relevancy, sharpening)
+        )
         fda_on = phase is Phase.SEGMENTATION_JOINT or self.config.fda_start == "frozen"
         if self.config.use_fda and fda_on and "dino_tokens" in batch:
             loss_dict["fda_pos"], loss_dict["fda_neg"] = self.fda_terms(outputs["clip"][num_rays:], batch["dino_tokens"])
@@ -457,16 +531,7 @@ class Ovs3dModel(Model):
         """Pools the patch rays to DINO's token grid and evaluates Eq. 14's two parts."""
         num_patches, num_tokens = dino_tokens.shape[:2]
         pooled = pool_patch_rays(patch_clip, num_patches, num_tokens)
-        logits = losses.segmentation_logits(pooled, self.text_features)
-        weights = dict(
-            tau=self.config.fda_temperature,
-            shift=self.config.fda_shift,
-            lambda_pos=self.config.fda_lambda_pos,
-            lambda_neg=self.config.fda_lambda_neg if self.config.fda_rebalance else self.config.fda_lambda_pos,
-        )
-        if self.options.fda_divergence == "kl":
-            return losses.fda_loss_kl(logits, dino_tokens, **weights)
-        return losses.fda_loss(logits, dino_tokens, chunk_size=self.config.fda_chunk_size, **weights)
+        return self.fda_from_logits(losses.segmentation_logits(pooled, self.text_features), dino_tokens)
 
     # ---------------------------------------------------------------- evaluation
     def get_image_metrics_and_images(
@@ -480,13 +545,7 @@ class Ovs3dModel(Model):
             "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
         }
         if "gt_labels" in batch:
-            predicted = outputs["class_probabilities"].argmax(dim=-1)
-            ground_truth = batch["gt_labels"].to(self.device)
-            metrics.update(segmentation_metrics(predicted, ground_truth, len(self.labels)))
-            metrics.update(class_count_metrics(predicted, ground_truth, self.display_labels))
-            metrics.update(paper_metrics(predicted, ground_truth, self.display_labels))
-            for listener in self.eval_view_listeners:
-                listener(predicted.cpu(), ground_truth.cpu())
+            metrics.update(self.label_metrics(outputs["class_probabilities"].argmax(dim=-1), batch["gt_labels"]))
             images["labels_overlay"] = outputs["labels_overlay"]
         return metrics, images
 

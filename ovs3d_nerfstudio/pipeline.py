@@ -20,7 +20,7 @@ from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManager, Ovs3dDataManager
 from ovs3d_nerfstudio.evaluation import per_class_iou
 from ovs3d_nerfstudio.model import Ovs3dModelConfig
 from ovs3d_nerfstudio.process import prepare_ovs3d_process
-from ovs3d_nerfstudio.schedule import TRAINABLE, Phase
+from ovs3d_nerfstudio.schedule import Phase
 from ovs3d_nerfstudio.teachers.shared import Teachers
 from ovs3d_nerfstudio.variants import resolve_options
 from ovs3d_nerfstudio.viewer import SegmentationPanel
@@ -68,7 +68,7 @@ class Ovs3dPipeline(VanillaPipeline):
         # this one builds them itself, in the same order and with the same nerfstudio arguments.
         Pipeline.__init__(self)
         prepare_ovs3d_process()  # here, not at import: see process.py
-        check_pipeline_config(config)
+        self.check_config(config)
         self.config = config
         self.test_mode = test_mode
         self.world_size = world_size
@@ -91,6 +91,7 @@ class Ovs3dPipeline(VanillaPipeline):
             device=device,
             grad_scaler=grad_scaler,
             teachers=self.teachers,
+            **self.model_arguments(),
         )
         self.model.to(device)
         if world_size > 1:
@@ -98,6 +99,15 @@ class Ovs3dPipeline(VanillaPipeline):
             dist.barrier(device_ids=[local_rank])
         # nerfstudio's viewer installs the GUI elements it finds on the pipeline's modules.
         self.segmentation_panel = SegmentationPanel(self.model)
+
+    @staticmethod
+    def check_config(config: Ovs3dPipelineConfig) -> None:
+        """Refuses bad option values with one line (``config_checks``)."""
+        check_pipeline_config(config)
+
+    def model_arguments(self) -> Dict:
+        """Extra arguments of the model's constructor, from the datamanager (none for the NeRF variant)."""
+        return {}
 
     def load_pipeline(self, loaded_state, step: int) -> None:
         state = {key.removeprefix("module."): value for key, value in loaded_state.items()}
@@ -115,7 +125,8 @@ class Ovs3dPipeline(VanillaPipeline):
         if self.model.config.schedule.phase(step) is not Phase.RECONSTRUCTION:
             return state
         model = self.model
-        trained = {id(p) for group in TRAINABLE[Phase.RECONSTRUCTION] for p in model.get_param_groups()[group]}
+        groups = model.get_param_groups()
+        trained = {id(p) for group in model.config.schedule.trainable(Phase.RECONSTRUCTION) for p in groups.get(group, [])}
         current = self.state_dict()
         untrained = {f"_model.{name}" for name, p in model.named_parameters() if id(p) not in trained}
         return {

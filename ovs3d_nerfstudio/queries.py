@@ -32,9 +32,14 @@ def query_relevancy(
     cosine lead of 0.1 over the closest negative gives ~0.73.
     """
     features = F.normalize(features, dim=-1, eps=1e-6)
-    positive = features @ F.normalize(query, dim=-1)
-    negative = features @ F.normalize(negatives, dim=-1).T
-    pairwise = torch.sigmoid((positive[..., None] - negative) / temperature)
+    texts = F.normalize(torch.cat([query[None], negatives]), dim=-1)
+    return relevancy_from_cosines(features @ texts.T, temperature)
+
+
+def relevancy_from_cosines(cosines: Float[Tensor, "*batch K1"], temperature: float = 0.1) -> Float[Tensor, "*batch 1"]:
+    """:func:`query_relevancy` from the cosines with ``[query, *negatives]`` (the splat variant
+    computes them in its latent space, without the rendered features)."""
+    pairwise = torch.sigmoid((cosines[..., :1] - cosines[..., 1:]) / temperature)
     return pairwise.min(dim=-1).values[..., None]
 
 

@@ -82,16 +82,32 @@ class ScheduleConfig:
             return Phase.SEGMENTATION_FROZEN
         return Phase.SEGMENTATION_JOINT
 
+    def trainable(self, phase: Phase) -> Tuple[str, ...]:
+        """The parameter groups trained in ``phase`` (the model freezes the others)."""
+        return TRAINABLE[phase]
+
+    def is_volume(self, group: str) -> bool:
+        """Whether a group gets the volumes' segmentation rates rather than the MLPs'."""
+        return group in VOLUME_GROUPS
+
     def learning_rate(self, group: str, step: int) -> float:
         """Learning rate of a parameter group at a step; 0 when the group is frozen."""
         phase = self.phase(step)
-        if group not in TRAINABLE[phase]:
+        if group not in self.trainable(phase):
             return 0.0
         if phase is Phase.RECONSTRUCTION:
-            progress = step / max(self.reconstruction_steps, 1)
-            return self.reconstruction_lr * (self.reconstruction_lr_final / self.reconstruction_lr) ** progress
-        is_volume = group in VOLUME_GROUPS
-        if group in TRAINABLE[Phase.SEGMENTATION_FROZEN]:
+            return self.reconstruction_learning_rate(group, step)
+        return self.segmentation_learning_rate(group, step)
+
+    def reconstruction_learning_rate(self, group: str, step: int) -> float:
+        """Every group's reconstruction rate: ``reconstruction_lr`` decaying exponentially to ``reconstruction_lr_final``."""
+        progress = step / max(self.reconstruction_steps, 1)
+        return self.reconstruction_lr * (self.reconstruction_lr_final / self.reconstruction_lr) ** progress
+
+    def segmentation_learning_rate(self, group: str, step: int) -> float:
+        """A trained group's rate in segmentation: its phase's base rate, decayed over the whole stage."""
+        is_volume = self.is_volume(group)
+        if group in self.trainable(Phase.SEGMENTATION_FROZEN):
             base = self.frozen_lr_volume if is_volume else self.frozen_lr_mlp
         else:  # unfrozen for fine-tuning in the joint phase
             base = self.joint_lr_volume if is_volume else self.joint_lr_mlp

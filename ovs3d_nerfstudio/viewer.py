@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.viewer.viewer_elements import ViewerClick, ViewerControl, ViewerText
 
 from ovs3d_nerfstudio.legend_image import legend_image
@@ -111,20 +110,10 @@ class SegmentationPanel(nn.Module):
     @torch.no_grad()
     def describe_ray(self, origin, direction) -> str:
         model = self._owner
-        device = model.device
-        bundle = RayBundle(
-            origins=torch.tensor([origin], dtype=torch.float32, device=device),
-            directions=torch.nn.functional.normalize(torch.tensor([direction], dtype=torch.float32, device=device), dim=-1),
-            pixel_area=torch.full((1, 1), 1e-6, device=device),
-            camera_indices=torch.zeros((1, 1), dtype=torch.long, device=device),
+        probabilities = model.class_probabilities_along_ray(
+            torch.tensor(origin, dtype=torch.float32, device=model.device),
+            torch.tensor(direction, dtype=torch.float32, device=model.device),
         )
-        was_training = model.training
-        model.eval()
-        try:
-            probabilities = model(bundle)["class_probabilities"][0]
-        finally:
-            model.train(was_training)
         top = torch.topk(probabilities, k=min(3, probabilities.numel()))
         names = [model.display_labels[i] for i in top.indices.tolist()]
         return ", ".join(f"{name} {p:.0%}" for name, p in zip(names, top.values.tolist()))
-

@@ -24,7 +24,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("field", ("field", "splat.rasterize_torch", "splat.rasterize", "splat.gaussians", "vlg.sparse_conv", "vlg.minkunet")),
     ("losses", ("losses", "schedule", "evaluation", "queries", "splat.scoring")),
     ("model", ("model", "viewer", "splat")),
-    ("pipeline", ("pipeline", "process", "bundled_ffmpeg")),
+    ("pipeline", ("pipeline", "splat.pipeline", "process", "bundled_ffmpeg")),
     (
         "surfaces",
         (
@@ -35,6 +35,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
             "camera_paths",
             "demo",
             "config",
+            "splat.config",
             "dataparser_config",
             "synthetic",
             # The point-cloud subpackage itself; its modules are placed one by one above (the

@@ -31,12 +31,14 @@ def rasterize(
     backgrounds: Optional[Float[Tensor, "C D"]] = None,
     render_mode: RenderMode = "RGB",
     packed: bool = True,
+    absgrad: bool = False,
 ) -> Tuple[Float[Tensor, "C H W X"], Float[Tensor, "C H W 1"], Dict]:
     """``(channels, alphas, meta)`` of ``gsplat.rasterization`` with ``sh_degree=None``, classic mode.
 
     On CUDA every channel goes through one kernel pass (``channel_chunk`` = the channel count),
-    ``packed`` as given (packed suits many patch cameras); elsewhere the torch rasterizer, whose
-    meta is always in the non-packed [C, N] layout.
+    ``packed`` as given (packed suits many patch cameras), ``absgrad`` for densification;
+    elsewhere the torch rasterizer, whose meta is always in the non-packed [C, N] layout and
+    whose ``means2d`` carries plain gradients only (``absgrad`` is a CUDA-backward feature).
     """
     common = dict(
         near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, tile_size=tile_size, backgrounds=backgrounds,
@@ -47,6 +49,6 @@ def rasterize(
 
         return rasterization(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=None, packed=packed,
-            rasterize_mode="classic", channel_chunk=max(32, colors.shape[-1] + 1), **common,
+            absgrad=absgrad, rasterize_mode="classic", channel_chunk=max(32, colors.shape[-1] + 1), **common,
         )
     return rasterize_gaussians(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **common)
