@@ -68,12 +68,13 @@ class Ovs3dSplatDataManager(Ovs3dDataManager):
         flat = torch.randperm(height * width, device=self.device)[:count]
         y, x = flat // width, flat % width
         batch["pixels"] = torch.stack([y, x], dim=-1)
-        stores = torch.full_like(y, store_index)
+        # Index tensors throughout, so the pixel dimension comes first as in the NeRF batches.
+        stores, views = torch.full_like(y, store_index), torch.full_like(y, view)
         batch["clip_targets"] = self.clip_store.gather(stores, y, x)
         if self.targets.relevancy:
-            batch["relevancy"] = self.relevancy[store_index, :, :, y, x].float()
+            batch["relevancy"] = self.relevancy[stores, :, :, y, x].float()
         if self.targets.selection_targets:
-            batch["selection_target"] = self.selection_targets[view, :, y, x].float()
+            batch["selection_target"] = self.selection_targets[views, :, y, x].float()
         if self.targets.patches:
             batch["patch_cameras"], batch["dino_tokens"] = self._next_patch_cameras()
         return camera, batch

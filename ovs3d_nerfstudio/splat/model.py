@@ -40,7 +40,7 @@ from gsplat.strategy import DefaultStrategy
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig, get_viewmat
+from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 
 from ovs3d_nerfstudio.config_checks import WEIGHT, WHOLE_NUMBER, MODEL_FLAGS, Rule, above, at_least, raise_if_any, rule_problems
 from ovs3d_nerfstudio.field import ClipHead
@@ -171,6 +171,19 @@ def splat_model_problems(config: "Ovs3dSplatModelConfig") -> List[str]:
     if schedule.reconstruction_steps + schedule.frozen_steps + schedule.joint_steps < 1:
         problems.append(f"{MODEL_FLAGS}schedule.*-steps: all three phases have 0 steps; give at least one")
     return problems
+
+
+def world_to_camera(camera_to_worlds: Float[Tensor, "C 3 4"]) -> Float[Tensor, "C 4 4"]:
+    """gsplat's view matrices (OpenCV axes: x right, y down, z forward) of nerfstudio's camera
+    poses (OpenGL axes: y up, looking down -z). Plain torch: splatfacto's ``get_viewmat`` is
+    ``torch.compile``d, which costs tens of seconds on the first CPU call."""
+    rotation = camera_to_worlds[:, :3, :3] * camera_to_worlds.new_tensor([1.0, -1.0, -1.0])
+    translation = camera_to_worlds[:, :3, 3:]
+    viewmats = torch.zeros(len(camera_to_worlds), 4, 4, dtype=camera_to_worlds.dtype, device=camera_to_worlds.device)
+    viewmats[:, :3, :3] = rotation.transpose(1, 2)
+    viewmats[:, :3, 3:] = -rotation.transpose(1, 2) @ translation
+    viewmats[:, 3, 3] = 1.0
+    return viewmats
 
 
 def _logit(p: Tensor) -> Tensor:
@@ -312,7 +325,7 @@ class Ovs3dSplatModel(SegmentationModel, SplatfactoModel):
             channels += [values["clip_latent"], selection_logits]
         colours = torch.cat(channels, dim=-1)
         width, height = int(cameras.width[0, 0]), int(cameras.height[0, 0])
-        viewmats = get_viewmat(cameras.camera_to_worlds.to(self.device))
+        viewmats = world_to_camera(cameras.camera_to_worlds.to(self.device))
         rendered, alpha, info = rasterize(
             values["means"], values["quats"], torch.exp(values["scales"]), torch.sigmoid(values["opacities"]).squeeze(-1),
             colours, viewmats, cameras.get_intrinsics_matrices().to(self.device), width, height,
@@ -359,15 +372,17 @@ class Ovs3dSplatModel(SegmentationModel, SplatfactoModel):
         background = self._get_background_color()
         outputs: Dict[str, Tensor] = {}
         if segmenting:
-            outputs.update(self.label_outputs(images["clip_latent"], images["accumulation"]))
-            outputs.update(clip_latent=images["clip_latent"], selection=images["selection"])
+            logits, label_images = self.label_outputs(images["clip_latent"], images["accumulation"])
+            outputs.update(label_images, selection=images["selection"])
+            if self.training:  # the losses' inputs, not images to display
+                outputs.update(clip_latent=images["clip_latent"], logits=logits)
         outputs.update(rgb=images["rgb"], depth=images["depth"], accumulation=images["accumulation"])
         outputs["background"] = background if self.training else background.expand(*images["rgb"].shape[:2], 3)
         return outputs
 
-    def label_outputs(self, latent: Tensor, alpha: Tensor) -> Dict[str, Tensor]:
-        """Class cosines of rendered latents (no [H, W, D] feature is built), their label map and
-        probabilities; with a free query its relevancy."""
+    def label_outputs(self, latent: Tensor, alpha: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Class cosines of rendered latents (no [H, W, D] feature is built), and the images made
+        from them: label map, probabilities and, with a free query, its relevancy."""
         text, colours = (self.text_features, self.label_colours) if self.training else (
             self.display_text_features, self.display_colours
         )  # fmt: skip
@@ -375,12 +390,11 @@ class Ovs3dSplatModel(SegmentationModel, SplatfactoModel):
         outputs = {
             "labels": colourize(logits.argmax(dim=-1), colours),
             "class_probabilities": torch.softmax(logits, dim=-1),
-            "logits": logits,
         }
         if not self.training and self._query is not None:
             cosines = latent_space_logits(latent, alpha, self.clip_head, self._query)
             outputs["query_relevancy"] = relevancy_from_cosines(cosines)
-        return outputs
+        return logits, outputs
 
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> Dict[str, Tensor]:

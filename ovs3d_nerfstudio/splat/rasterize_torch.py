@@ -329,5 +329,8 @@ def rasterize_gaussians(
         "tile_width": tiles_wide,
         "tile_height": tiles_high,
         "n_cameras": num_cameras,
+        # gsplat's non-packed meta: no per-intersection ids (densification checks the keys).
+        "camera_ids": None,
+        "gaussian_ids": None,
     }
     return rendered, alphas, meta
