@@ -1,5 +1,11 @@
 """Labelled point cloud of a trained run: surface points with their label, as a binary PLY.
 
+An ``ovs3d-splat`` run exports its Gaussians instead: ``point_cloud.ply`` holds the means of the
+Gaussians above the opacity threshold with their labels (same records as below), and
+``splat_labels.ply`` / ``splat_rgb.ply`` hold every Gaussian in the 3D Gaussian Splatting layout
+that splat viewers open (``f_dc_*`` the label's palette colour or the trained colour), each with
+its ``label``.
+
 Rays are drawn at random from the training cameras and rendered through the model; where
 the field is opaque along a ray (accumulation above a threshold) the point at the rendered
 depth is kept with the argmax label of ``class_probabilities``. The PLY carries the label
@@ -22,6 +28,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from ovs3d_nerfstudio.errors import UserFacingError
@@ -29,6 +36,7 @@ from ovs3d_nerfstudio.legend_image import colours_to_uint8, write_legend
 from ovs3d_nerfstudio.model import Ovs3dModel
 from ovs3d_nerfstudio.process import run_command
 from ovs3d_nerfstudio.runs import load_ovs3d_run
+from ovs3d_nerfstudio.splat.model import Ovs3dSplatModel
 
 POINT_DTYPE = np.dtype(
     [
@@ -136,6 +144,36 @@ def sample_labelled_points(
     return {key: torch.cat(values)[:num_points] for key, values in found.items()}
 
 
+SH_C0 = 0.28209479177387814
+"""The degree-0 spherical harmonic: splat viewers show the colour ``0.5 + SH_C0 * f_dc``."""
+
+
+def splat_records(model: Ovs3dSplatModel, colours: Float[Tensor, "N 3"], label_ids: Int[Tensor, " N"]) -> np.ndarray:
+    """Every Gaussian in the 3D Gaussian Splatting PLY layout (raw log-scales, opacity logits,
+    rotation quaternions, ``f_dc_*`` showing ``colours``) plus its ``label``."""
+    params = {name: value.detach().float().cpu() for name, value in model.gauss_params.items()}
+    columns = {
+        **{axis: params["means"][:, i] for i, axis in enumerate("xyz")},
+        **{name: torch.zeros(len(label_ids)) for name in ("nx", "ny", "nz")},
+        **{f"f_dc_{i}": (colours[:, i] - 0.5) / SH_C0 for i in range(3)},
+        "opacity": params["opacities"][:, 0],
+        **{f"scale_{i}": params["scales"][:, i] for i in range(3)},
+        **{f"rot_{i}": params["quats"][:, i] for i in range(4)},
+    }
+    records = np.empty(len(label_ids), dtype=[*((name, "<f4") for name in columns), ("label", "<i4")])
+    for name, values in columns.items():
+        records[name] = values.numpy()
+    records["label"] = label_ids.numpy()
+    return records
+
+
+def world_positions(positions: Float[Tensor, "N 3"], dataparser_outputs: DataparserOutputs) -> Float[Tensor, "N 3"]:
+    """Model-frame positions in the dataset's original frame (the dataparser's transform undone)."""
+    poses = torch.eye(4)[:3].repeat(len(positions), 1, 1)
+    poses[:, :, 3] = positions
+    return dataparser_outputs.transform_poses_to_original_space(poses)[:, :, 3]
+
+
 def point_records(
     positions: Float[Tensor, "N 3"],
     label_ids: Int[Tensor, " N"],
@@ -168,7 +206,8 @@ class ExportLabelledPointCloud:
     num_points: int = 1_000_000
     """Number of points to export."""
     opacity_threshold: float = 0.5
-    """Keep a ray's point only when the rendered accumulation (opacity) exceeds this, i.e. on surfaces."""
+    """Keep a ray's point only when the rendered accumulation (opacity) exceeds this, i.e. on surfaces
+    (ovs3d-splat: keep the Gaussians whose own opacity exceeds this)."""
     max_num_rays: Optional[int] = None
     """Stop after rendering this many rays even with fewer points (default: 4 x num-points)."""
     save_world_frame: bool = False
@@ -185,6 +224,9 @@ class ExportLabelledPointCloud:
         if max_num_rays <= 0:
             raise UserFacingError(f"--max-num-rays must be positive, got {max_num_rays}")
         pipeline = load_ovs3d_run(self.load_config)
+        if isinstance(pipeline.model, Ovs3dSplatModel):
+            self.export_gaussians(pipeline.model, pipeline.datamanager.train_dataparser_outputs)
+            return
         model: Ovs3dModel = pipeline.model
         dataparser_outputs = pipeline.datamanager.train_dataparser_outputs
         generator = torch.Generator().manual_seed(self.seed)
@@ -203,13 +245,33 @@ class ExportLabelledPointCloud:
             )
         positions = points["positions"]
         if self.save_world_frame:
-            poses = torch.eye(4)[:3].repeat(len(positions), 1, 1)
-            poses[:, :, 3] = positions
-            positions = dataparser_outputs.transform_poses_to_original_space(poses)[:, :, 3]
+            positions = world_positions(positions, dataparser_outputs)
 
         # class_probabilities score the display labels (the trained ones unless edited in a viewer).
-        labels, colours = model.display_labels, model.display_colours.cpu()
-        records = point_records(positions, points["label_ids"], points["rgb"], colours)
+        self.write_points(positions, points["label_ids"], points["rgb"], model.display_labels, model.display_colours.cpu())
+
+    @torch.no_grad()
+    def export_gaussians(self, model: Ovs3dSplatModel, dataparser_outputs: DataparserOutputs) -> None:
+        """The Gaussians as splat PLYs, and those above the opacity threshold as labelled points."""
+        label_ids = model.gaussian_labels().cpu()
+        colours = model.display_colours.cpu()
+        rgb = torch.sigmoid(model.gauss_params["features_dc"].detach().float().cpu())
+        comment = "ovs3d-splat Gaussians: label i is line i of labels.txt"
+        for name, shown in (("splat_labels.ply", colours[label_ids]), ("splat_rgb.ply", rgb)):
+            write_ply(self.output_dir / name, splat_records(model, shown, label_ids), comments=[comment])
+        opaque = torch.sigmoid(model.gauss_params["opacities"].detach().float().cpu()[:, 0]) > self.opacity_threshold
+        chosen = torch.nonzero(opaque)[:, 0]
+        chosen = chosen[torch.randperm(len(chosen), generator=torch.Generator().manual_seed(self.seed))[: self.num_points]]
+        if len(chosen) == 0:
+            raise UserFacingError(f"no Gaussian has opacity above {self.opacity_threshold}: lower --opacity-threshold")
+        positions = model.gauss_params["means"].detach().float().cpu()[chosen]
+        if self.save_world_frame:
+            positions = world_positions(positions, dataparser_outputs)
+        self.write_points(positions, label_ids[chosen], rgb[chosen], model.display_labels, colours)
+
+    def write_points(self, positions: Tensor, label_ids: Tensor, rgb: Tensor, labels: List[str], colours: Tensor) -> None:
+        """``point_cloud.ply``, ``labels.txt`` and ``legend.png``."""
+        records = point_records(positions, label_ids, rgb, colours)
         ply = write_ply(
             self.output_dir / "point_cloud.ply",
             records,

@@ -15,7 +15,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.eval_utils import eval_setup
 
 from ovs3d_nerfstudio.errors import UserFacingError
-from ovs3d_nerfstudio.model import Ovs3dModelConfig
+from ovs3d_nerfstudio.model import SegmentationOptions
 from ovs3d_nerfstudio.pipeline import Ovs3dPipeline
 
 
@@ -31,7 +31,7 @@ def load_ovs3d_config(config_path: Path) -> TrainerConfig:
         raise UserFacingError(f"{config_path} is not a nerfstudio run config ({error}): {hint}.") from error
     if not isinstance(config, TrainerConfig):
         raise UserFacingError(f"{config_path} is not a nerfstudio run config: {hint}.")
-    if not isinstance(config.pipeline.model, Ovs3dModelConfig):
+    if not isinstance(config.pipeline.model, SegmentationOptions):  # ovs3d or ovs3d-splat
         raise UserFacingError(f"{config_path} is a '{config.method_name}' run, not an ovs3d run: {hint}.")
     return config
 

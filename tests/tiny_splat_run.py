@@ -26,7 +26,7 @@ from tiny_scene import tiny_scene_spec
 SPLAT_METHOD = "ovs3d-splat"
 SPLAT_SPEC = "ovs3d_nerfstudio.splat.config:ovs3d_splat_method"
 
-RECONSTRUCTION, FROZEN, JOINT, SAVE_EVERY = 3, 4, 3, 3
+RECONSTRUCTION, FROZEN, JOINT, SAVE_EVERY = 9, 3, 3, 3
 STEPS = RECONSTRUCTION + FROZEN + JOINT
 NUM_GAUSSIANS = 400
 """Initial Gaussians, placed along training rays (the LLFF-layout tiny scene has no sparse points)."""
@@ -41,7 +41,7 @@ TINY_SPLAT_TRAINING: Dict[str, Any] = {
     "pipeline.model.num_downscales": 0,
     # Densify from the first steps, so the Gaussian count changes within reconstruction.
     "pipeline.model.warmup_length": 0,
-    "pipeline.model.refine_every": 2,
+    "pipeline.model.refine_every": 4,
     "pipeline.model.densify_grad_thresh": 1e-9,
     "pipeline.datamanager.ray_downscale": 2,
     "pipeline.datamanager.train_num_rays_per_batch": 64,
