@@ -12,6 +12,7 @@ import torch
 
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig, DinoTeacherConfig
 from tiny_run import TINY_CLIP, TINY_DINO, train_tiny_run
+from tiny_splat_run import train_tiny_splat_run
 
 
 class GsplatCudaCallError(RuntimeError):
@@ -71,3 +72,9 @@ def tiny_dino_teacher():
 def tiny_run(tmp_path_factory):
     """(run folder, ns-train stdout) of the shared tiny training run (see tiny_run.py)."""
     return train_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def tiny_splat_run(tmp_path_factory):
+    """(run folder, ns-train stdout) of the shared tiny ``ovs3d-splat`` run (see tiny_splat_run.py)."""
+    return train_tiny_splat_run(tmp_path_factory.mktemp("tiny_splat_run"))
