@@ -23,7 +23,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("data", ("data", "config_checks", "vlg.ply", "vlg.voxels")),
     ("field", ("field", "splat.rasterize_torch", "splat.rasterize", "splat.gaussians", "vlg.sparse_conv", "vlg.minkunet")),
     ("losses", ("losses", "schedule", "evaluation", "queries", "splat.scoring")),
-    ("model", ("model", "viewer", "splat")),
+    ("model", ("model", "viewer", "splat.model", "splat.datamanager")),
     ("pipeline", ("pipeline", "splat.pipeline", "process", "bundled_ffmpeg")),
     (
         "surfaces",
@@ -38,16 +38,18 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
             "splat.config",
             "dataparser_config",
             "synthetic",
-            # The point-cloud subpackage itself; its modules are placed one by one above (the
-            # first layer that names a module wins).
+            # The point-cloud and splat subpackages themselves; their modules are placed one by
+            # one above (the first layer that names a module wins).
             "vlg",
+            "splat",
         ),
     ),
 )
 """Each layer may import its own and the layers above it in this list, never one below.
 A name is a module or a subpackage (all of its modules); the first layer that names a module
 wins, so ``splat``'s rasterizers and Gaussians sit with the field, its latent-space scoring with the
-losses and the rest of ``splat`` with the model. ``foundation`` holds what every layer
+losses, its model and datamanager with the model, its pipeline with the pipeline and its method
+specification with the surfaces. ``foundation`` holds what every layer
 may use: errors, the palette and its legend, the variant options, checkpoint allow-listing."""
 
 KNOWN_BACKWARD_IMPORTS: Set[Tuple[str, str]] = set()

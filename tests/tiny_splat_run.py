@@ -4,10 +4,8 @@ The NeRF tiny run's scene, teachers and target settings (tests/tiny_run.py), wit
 Gaussians rendered by the torch rasterizer on CPU, densification every other reconstruction
 step, and every phase of the schedule.
 
-Until the package is reinstalled with the ``ovs3d-splat`` entry point, nerfstudio cannot find the
-method; :func:`splat_cli_env` then names it in ``NERFSTUDIO_METHOD_CONFIGS``, which nerfstudio's
-registry also reads. With the entry point installed the variable is left out, so the tests run
-what users run.
+``tests/conftest.py`` names the method in ``NERFSTUDIO_METHOD_CONFIGS`` while the installed
+package lacks its entry point; the commands started here inherit it.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -24,9 +21,8 @@ from tiny_run import TINY_CLIP, TINY_DINO, tiny_schedule
 from tiny_scene import tiny_scene_spec
 
 SPLAT_METHOD = "ovs3d-splat"
-SPLAT_SPEC = "ovs3d_nerfstudio.splat.config:ovs3d_splat_method"
 
-RECONSTRUCTION, FROZEN, JOINT, SAVE_EVERY = 9, 3, 3, 3
+RECONSTRUCTION, FROZEN, JOINT, SAVE_EVERY = 12, 4, 3, 3
 STEPS = RECONSTRUCTION + FROZEN + JOINT
 NUM_GAUSSIANS = 400
 """Initial Gaussians, placed along training rays (the LLFF-layout tiny scene has no sparse points)."""
@@ -39,23 +35,15 @@ TINY_SPLAT_TRAINING: Dict[str, Any] = {
     "pipeline.model.clip_head_layers": 2,
     "pipeline.model.clip_head_width": 16,
     "pipeline.model.num_downscales": 0,
-    # Densify from the first steps, so the Gaussian count changes within reconstruction.
+    # Densify within reconstruction: gsplat's strategy pauses refinement for the first
+    # (training views + refine_every) = 8 + 2 steps, so it refines first at step 10.
     "pipeline.model.warmup_length": 0,
-    "pipeline.model.refine_every": 4,
+    "pipeline.model.refine_every": 2,
     "pipeline.model.densify_grad_thresh": 1e-9,
     "pipeline.datamanager.ray_downscale": 2,
     "pipeline.datamanager.train_num_rays_per_batch": 64,
 }
 """Dotted ``TrainerConfig`` paths of the tiny splat settings on CPU."""
-
-
-def splat_cli_env() -> Dict[str, str]:
-    """The environment of a CLI call: no CUDA, and the method named for nerfstudio when the
-    installed package does not register it yet."""
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
-    if SPLAT_METHOD not in entry_points(group="nerfstudio.method_configs").names:
-        env["NERFSTUDIO_METHOD_CONFIGS"] = f"{SPLAT_METHOD}={SPLAT_SPEC}"
-    return env
 
 
 def tiny_splat_train_args(scene: Path, output_dir: Path, cache_dir: Path) -> list:
@@ -89,7 +77,8 @@ def tiny_splat_train_args(scene: Path, output_dir: Path, cache_dir: Path) -> lis
 
 
 def run_splat_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=splat_cli_env(), capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
