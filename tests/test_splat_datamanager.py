@@ -1,13 +1,34 @@
-"""The splat datamanager's geometry: initial points along training rays and FDA patch cameras."""
+"""The splat datamanager: both data layouts, initial points along training rays, FDA patch cameras."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
 from nerfstudio.cameras.cameras import Cameras, CameraType
 
-from ovs3d_nerfstudio.splat.datamanager import patch_cameras, points_along_rays
+from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
+from ovs3d_nerfstudio.data.procedural import render_scene, write_scene
+from ovs3d_nerfstudio.splat.datamanager import Ovs3dSplatDataManagerConfig, patch_cameras, points_along_rays
+from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig, DinoTeacherConfig
 from test_splat_model import camera, tiny_model
+from tiny_run import TINY_CLIP, TINY_DINO
+from tiny_scene import tiny_scene_spec
+
+
+def write_transforms(scene: Path) -> None:
+    """The generated scene in nerfstudio format (transforms.json, no poses_bounds.npy)."""
+    spec = tiny_scene_spec(seed=1)
+    frames = [
+        {"file_path": f"images/{i:03d}.png", "transform_matrix": [*pose.tolist(), [0, 0, 0, 1]]}
+        for i, pose in enumerate(render_scene(spec).poses)
+    ]
+    meta = dict(fl_x=spec.rig.focal, fl_y=spec.rig.focal, cx=spec.width / 2, cy=spec.height / 2, w=spec.width, h=spec.height)
+    (scene / "transforms.json").write_text(json.dumps({**meta, "frames": frames}), encoding="utf-8")
+    (scene / "poses_bounds.npy").unlink()
 
 
 def rotated_cameras() -> Cameras:
@@ -71,3 +92,42 @@ def test_a_patch_camera_renders_the_crop_of_the_full_view():
     assert (int(halved.width[0]), int(halved.height[0])) == (4, 4)
     torch.testing.assert_close(halved.cx[:, 0], (full.cx[0, 0] - origins[:, 2]) * 0.5)
     assert model.render(halved, segmentation=True)["clip_latent"].shape == (2, 4, 4, model.config.latent_dim)
+
+
+@pytest.mark.parametrize("layout", ["llff", "nerfstudio"])
+def test_both_data_layouts_give_views_targets_and_initial_points(layout, tmp_path: Path):
+    scene = write_scene(tiny_scene_spec(seed=1), tmp_path / "scene", mask_views=[0])
+    if layout == "nerfstudio":
+        write_transforms(scene)
+    config = Ovs3dSplatDataManagerConfig(
+        dataparser=Ovs3dDataParserConfig(data=scene),
+        clip=ClipTeacherConfig(**TINY_CLIP, batch_size=4),
+        dino=DinoTeacherConfig(**TINY_DINO),
+        cache_dir=tmp_path / "cache",
+        ray_downscale=2,
+        train_num_rays_per_batch=32,
+        num_patches=2,
+        patch_tokens=2,
+        patch_downscale=2,
+        patch_rays_per_token=2,
+    )
+    config.pyramid.patch_fractions = (0.5, 0.25)
+    manager = config.setup(device="cpu", segmentation_start=1)
+    camera, batch = manager.next_train(1)
+    assert (int(camera.width), int(camera.height)) == (32, 24) and batch["image"].shape == (24, 32, 3)
+    view = batch["image_idx"]
+    torch.testing.assert_close(batch["image"], manager.ray_images[view].float() / 255)
+    assert batch["clip_targets"].shape[:2] == (32, 2) and batch["relevancy"].shape[:2] == (32, 2)
+    points, colours = manager.initial_points(300)
+    assert points.shape == (300, 3) and colours.shape == (300, 3) and torch.isfinite(points).all()
+    cameras = manager.ray_cameras
+    near_far = manager.train_dataparser_outputs.metadata["near_far"]
+    # Each point is in front of some training camera, within that view's bounds (LLFF) or the
+    # scene box's extent (nerfstudio layout, which has no bounds).
+    local = torch.einsum("vij,nvi->nvj", cameras.camera_to_worlds[:, :, :3], points[:, None] - cameras.camera_to_worlds[:, :, 3])
+    depth = -local[..., 2]
+    if near_far is None:
+        extent = float((manager.train_dataparser_outputs.scene_box.aabb[1] - manager.train_dataparser_outputs.scene_box.aabb[0]).norm())
+        near_far = torch.tensor([[0.05 * extent, extent]]).expand(len(cameras), 2)
+    inside = (depth >= near_far[:, 0] - 1e-4) & (depth <= near_far[:, 1] + 1e-4)
+    assert inside.any(dim=1).all()

@@ -128,7 +128,7 @@ class Ovs3dSplatModelConfig(SegmentationOptions, SplatfactoModelConfig):
     and extra channels cannot share a gsplat call."""
     num_random: int = 50000
     """Initial Gaussians when the data has no sparse points: placed along training rays between the
-    views' near and far bounds (see the datamanager)."""
+    views' near and far bounds (see the datamanager); with --pipeline.model.random-init, in a cube."""
     initial_opacity: float = 0.1
     """Opacity of every Gaussian at initialisation."""
     near_plane: float = 0.01
@@ -230,15 +230,14 @@ class Ovs3dSplatModel(SegmentationModel, SplatfactoModel):
         self.optimizers: Dict[str, torch.optim.Optimizer] = {}
 
     def initial_gaussians(self) -> Dict[str, Parameter]:
-        """Gaussians at the seed points (or random ones in the scene box): scale from the three
-        nearest neighbours, identity rotation, ``initial_opacity``, the points' colours, zero latents
-        and selection logits."""
-        if self.seed_points is not None and len(self.seed_points[0]) > 0:
+        """Gaussians at the seed points (or, with ``random-init`` or no points, ``num-random`` in a
+        ``random-scale`` cube, as splatfacto): scale from the three nearest neighbours, identity
+        rotation, ``initial-opacity``, the points' colours, zero latents and selection logits."""
+        if self.seed_points is not None and len(self.seed_points[0]) > 0 and not self.config.random_init:
             means, colours = self.seed_points[0].float(), self.seed_points[1].float() / 255.0
         else:
             generator = torch.Generator().manual_seed(0)
-            aabb = self.scene_box.aabb
-            means = aabb[0] + (aabb[1] - aabb[0]) * torch.rand(self.config.num_random, 3, generator=generator)
+            means = (torch.rand(self.config.num_random, 3, generator=generator) - 0.5) * self.config.random_scale
             colours = torch.rand(self.config.num_random, 3, generator=generator)
         count = len(means)
         distance = nearest_neighbour_distance(means, 3).clamp_min(1e-4)
