@@ -409,11 +409,11 @@ class Ovs3dSplatModel(SegmentationModel, SplatfactoModel):
         """The class probabilities where a ray (the viewer's click) meets the Gaussians: a
         one-pixel pinhole camera looking down the ray."""
         direction = F.normalize(direction.float(), dim=-1)
-        helper = torch.tensor([0.0, 0.0, 1.0]) if abs(float(direction[2])) < 0.9 else torch.tensor([1.0, 0.0, 0.0])
+        helper = direction.new_tensor([0.0, 0.0, 1.0] if abs(float(direction[2])) < 0.9 else [1.0, 0.0, 0.0])
         right = F.normalize(torch.linalg.cross(direction, helper), dim=-1)
         up = torch.linalg.cross(right, direction)
         # nerfstudio cameras look down -z with +y up (OpenGL).
-        pose = torch.stack([right, up, -direction, origin.float()], dim=-1)
+        pose = torch.stack([right, up, -direction, origin.float().to(direction.device)], dim=-1)
         camera = Cameras(
             camera_to_worlds=pose[None], fx=1e4, fy=1e4, cx=0.5, cy=0.5, width=1, height=1,
             camera_type=CameraType.PERSPECTIVE,
