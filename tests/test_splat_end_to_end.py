@@ -114,6 +114,18 @@ def test_resuming_lands_in_the_right_phase_and_trains_the_live_gaussians(run: Pa
     assert torch.equal(gaussians(after, "means"), gaussians(saved, "means"))
 
 
+def test_a_reconstruction_checkpoint_loads_with_its_own_number_of_gaussians(run: Path):
+    """Loading a checkpoint taken in reconstruction (``--load-checkpoint``) keeps the model's own
+    CLIP head where shapes differ, but every per-Gaussian tensor comes from the checkpoint."""
+    _, pipeline, _, _ = eval_setup(run / "config.yml", test_mode="inference")
+    saved = state(run, 9)  # before densification: another number of Gaussians than the final model
+    count = len(gaussians(saved, "means"))
+    assert count != pipeline.model.num_points
+    pipeline.load_pipeline({**saved, "_model.gauss_params.clip_latent": torch.ones(count, 8)}, step=5)
+    assert {len(param) for param in pipeline.model.gauss_params.values()} == {count}
+    assert torch.equal(pipeline.model.gauss_params["clip_latent"].data, torch.ones(count, 8))
+
+
 def test_reload_needs_no_teacher_and_renders_palette_labels(run: Path, labels):
     _, pipeline, _, step = eval_setup(run / "config.yml", test_mode="test")
     assert step == STEPS - 1

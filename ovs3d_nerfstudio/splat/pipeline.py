@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Type
 
+from torch import Tensor
+
 from ovs3d_nerfstudio.config_checks import datamanager_problems, raise_if_any
 from ovs3d_nerfstudio.pipeline import Ovs3dPipeline, Ovs3dPipelineConfig
 from ovs3d_nerfstudio.splat.datamanager import Ovs3dSplatDataManager, Ovs3dSplatDataManagerConfig
@@ -34,3 +36,9 @@ class Ovs3dSplatPipeline(Ovs3dPipeline):
 
     def model_arguments(self) -> Dict:
         return {"seed_points": self.datamanager.initial_points(self.config.model.num_random)}
+
+    def keep_untrained_initial_values(self, state: Dict[str, Tensor], step: int) -> Dict[str, Tensor]:
+        """As the NeRF pipeline's, except that per-Gaussian values always come from the
+        checkpoint: its number of Gaussians (densification) sizes all of them together."""
+        kept = super().keep_untrained_initial_values(state, step)
+        return {key: state[key] if key.startswith("_model.gauss_params.") else value for key, value in kept.items()}
