@@ -279,3 +279,18 @@ def test_ns_export_gaussian_splat_recognises_the_model(run: Path, run_entrypoint
     assert "property float f_dc_0" in header and "property float rot_3" in header
     count = int(next(line.split()[-1] for line in header.splitlines() if line.startswith("element vertex")))
     assert count == len(gaussians(state(run, STEPS - 1), "means"))
+
+
+def test_ns_train_help_lists_the_splat_options(tmp_path: Path):
+    result = run_splat_cli([ns_command("ns-train"), "ovs3d-splat", "--help"], tmp_path)
+    for flag in (
+        "--pipeline.model.latent-dim",
+        "--pipeline.model.use-rda",
+        "--pipeline.model.variant",
+        "--pipeline.model.schedule.means-lr",
+        "--pipeline.model.refine-every",
+        "--pipeline.datamanager.initial-points-seed",
+        "--pipeline.datamanager.ray-downscale",
+    ):
+        assert flag in result.stdout, flag
+    assert "--pipeline.model.schedule.reconstruction-lr " not in result.stdout  # NeRF-only rate, hidden
