@@ -30,7 +30,7 @@ from ovs3d_nerfstudio.field import ClipHead, FieldOutput, Ovs3dField
 from ovs3d_nerfstudio.data.labels import validate_labels
 from ovs3d_nerfstudio.palette import colourize, palette
 from ovs3d_nerfstudio.queries import CANONICAL_NEGATIVES, overlay, query_relevancy
-from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig
+from ovs3d_nerfstudio.schedule import TRAINABLE, Phase, ScheduleConfig, align_phase_schedulers
 from ovs3d_nerfstudio.teachers.shared import Teachers
 from ovs3d_nerfstudio.variants import VariantName, VariantOptions, resolve_options
 
@@ -321,8 +321,15 @@ class Ovs3dModel(Model):
         anneal_iters = self.config.proposal_weights_anneal_max_num_iters
         slope = self.config.proposal_weights_anneal_slope
 
+        schedulers = training_callback_attributes.optimizers.schedulers if training_callback_attributes.optimizers else {}
+        announced = []
+
         def before_step(step: int) -> None:
             self.enter_step(step)
+            moved = align_phase_schedulers(schedulers, step)
+            if moved and not announced:
+                announced.append(step)
+                CONSOLE.print(f"ovs3d: learning rates of {', '.join(moved)} set for step {step} (no scheduler state for this step was restored)")
             fraction = np.clip(step / anneal_iters, 0, 1)
             self.proposal_sampler.set_anneal(slope * fraction / ((slope - 1) * fraction + 1))
 
