@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from ovs3d_nerfstudio.field import ClipHead, FieldOutput, Ovs3dField
 from ovs3d_nerfstudio.data.labels import validate_labels
 from ovs3d_nerfstudio.palette import colourize, palette
 from ovs3d_nerfstudio.queries import CANONICAL_NEGATIVES, overlay, query_relevancy
-from ovs3d_nerfstudio.schedule import Phase, ScheduleConfig
+from ovs3d_nerfstudio.schedule import Phase, ScheduleConfig, align_phase_schedulers
 from ovs3d_nerfstudio.teachers.shared import Teachers
 from ovs3d_nerfstudio.variants import VariantName, VariantOptions, resolve_options
 
@@ -239,10 +239,12 @@ class SegmentationModel:
     def display_colours(self) -> Tensor:
         return palette(len(self.display_labels)).to(self.device)
 
-    def enter_step(self, step: int) -> None:
-        """Sets the phase and the frozen groups for ``step`` (learning rates: ``schedule.PhaseScheduler``).
+    def enter_step(self, step: int, schedulers: Optional[Mapping[str, Any]] = None) -> None:
+        """Sets the phase and the frozen groups for ``step``, and moves the trainer's phase
+        ``schedulers`` (``schedule.PhaseScheduler``) to it where they are not there.
 
-        A pure function of the step, so a resumed run lands in the right phase.
+        A pure function of the step, so a resumed run lands in the right phase with the phase's
+        learning rates, whether or not the checkpoint held scheduler state.
         """
         self.step = step
         phase = self.config.schedule.phase(step)
@@ -253,6 +255,10 @@ class SegmentationModel:
             trainable = group in self.config.schedule.trainable(phase)
             for param in params:
                 param.requires_grad_(trainable)
+        moved = align_phase_schedulers(schedulers or {}, step)
+        if moved and not getattr(self, "_rates_moved", False):
+            self._rates_moved = True
+            CONSOLE.print(f"ovs3d: learning rates of {', '.join(moved)} set for step {step} (no scheduler state for this step was restored)")
 
     @torch.no_grad()
     def class_probabilities_along_ray(self, origin: Tensor, direction: Tensor) -> Tensor:
@@ -412,8 +418,10 @@ class Ovs3dModel(SegmentationModel, Model):
         anneal_iters = self.config.proposal_weights_anneal_max_num_iters
         slope = self.config.proposal_weights_anneal_slope
 
+        optimizers = training_callback_attributes.optimizers
+
         def before_step(step: int) -> None:
-            self.enter_step(step)
+            self.enter_step(step, optimizers.schedulers if optimizers else None)
             fraction = np.clip(step / anneal_iters, 0, 1)
             self.proposal_sampler.set_anneal(slope * fraction / ((slope - 1) * fraction + 1))
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Dict, Optional, Tuple, Type
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import tyro
 from torch.optim import Optimizer
@@ -127,21 +127,43 @@ class PhaseSchedulerConfig(SchedulerConfig):
     ``Ovs3dTrainerConfig.resolved`` when the trainer is made: one schedule, not a copy per group."""
 
 
+class PhaseLR(LambdaLR):
+    """``LambdaLR`` at the schedule's rate, movable to any trainer step (:meth:`move_to`)."""
+
+    def move_to(self, step: int) -> None:
+        """The rates of ``step``, as if the scheduler had been stepped ``step`` times."""
+        self.last_epoch = step
+        rates = [base * factor(step) for base, factor in zip(self.base_lrs, self.lr_lambdas)]
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate
+        self._last_lr = rates
+
+
 class PhaseScheduler(Scheduler):
-    """A ``LambdaLR`` whose factor at step s is the schedule's rate divided by the optimizer's
-    initial one. Like nerfstudio's schedulers it counts the steps it is stepped: a step that the
-    mixed-precision gradient scaler skips does not advance it (phases, and which groups are
-    frozen, follow the trainer's step in the model)."""
+    """A :class:`PhaseLR` whose factor at step s is the schedule's rate divided by the optimizer's
+    initial one. nerfstudio steps it after each optimizer step; the model also moves it to the
+    trainer's step before each iteration (:func:`align_phase_schedulers`), so the rates follow the
+    same step as the model's phase even where nerfstudio does not step it (a step the
+    mixed-precision scaler skipped) or restores no state for it (a resumed checkpoint without
+    scheduler state, ``--load-scheduler False``)."""
 
     config: PhaseSchedulerConfig
 
-    def get_scheduler(self, optimizer: Optimizer, lr_init: float) -> LambdaLR:
+    def get_scheduler(self, optimizer: Optimizer, lr_init: float) -> PhaseLR:
         schedule, group = self.config.schedule, self.config.group
         if schedule is None:
             raise ConfigError(f"the '{group}' phase scheduler has no schedule: set up the trainer with Ovs3dTrainerConfig")
         if lr_init <= 0:
             raise ConfigError(f"the '{group}' optimizer needs a positive lr for the phase scheduler to scale, not {lr_init}")
-        return LambdaLR(optimizer, lambda step: schedule.learning_rate(group, step) / lr_init)
+        return PhaseLR(optimizer, lambda step: schedule.learning_rate(group, step) / lr_init)
+
+
+def align_phase_schedulers(schedulers: Mapping[str, Any], step: int) -> List[str]:
+    """Moves every :class:`PhaseLR` that is not at ``step`` there; returns the groups moved."""
+    moved = [group for group, scheduler in schedulers.items() if isinstance(scheduler, PhaseLR) and scheduler.last_epoch != step]
+    for group in moved:
+        schedulers[group].move_to(step)
+    return moved
 
 
 def reconcile_iterations(

@@ -99,3 +99,26 @@ def test_the_method_trains_with_phase_schedulers_and_explicit_iterations_are_kep
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "step-000000099.ckpt").touch()
     assert parse("--load-dir", str(tmp_path / "models")).resolved().max_num_iterations == 15000
+
+
+def test_phase_schedulers_move_to_the_trainers_step():
+    """A scheduler that was never stepped (a checkpoint without scheduler state, --load-scheduler
+    False) or fell behind (a step the mixed-precision scaler skipped) is moved to the trainer's step."""
+    from ovs3d_nerfstudio.schedule import align_phase_schedulers
+
+    schedule = ScheduleConfig(reconstruction_steps=10, frozen_steps=5, joint_steps=5)
+    optimizers, schedulers = {}, {}
+    for group in GROUPS:
+        optimizers[group] = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
+        schedulers[group] = PhaseSchedulerConfig(group=group, schedule=schedule).setup().get_scheduler(optimizers[group], lr_init=1e-2)
+    step = 12  # in the frozen phase: the reconstruction-only groups are at 0, the CLIP head is not
+    assert any(optimizers[g].param_groups[0]["lr"] != pytest.approx(schedule.learning_rate(g, step), abs=1e-12) for g in GROUPS)
+    assert sorted(align_phase_schedulers(schedulers, step)) == sorted(GROUPS)
+    for group in GROUPS:
+        assert optimizers[group].param_groups[0]["lr"] == pytest.approx(schedule.learning_rate(group, step), abs=1e-12)
+        assert schedulers[group].get_last_lr() == [optimizers[group].param_groups[0]["lr"]]
+        optimizers[group].step()
+        schedulers[group].step()  # nerfstudio's step after the iteration continues from there
+        assert optimizers[group].param_groups[0]["lr"] == pytest.approx(schedule.learning_rate(group, step + 1), abs=1e-12)
+    assert align_phase_schedulers(schedulers, step + 1) == []  # in step: nothing moves
+    assert align_phase_schedulers({"other": object()}, 3) == []  # nerfstudio's own schedulers are left alone

@@ -283,7 +283,7 @@ class Ovs3dSplatModel(SegmentationModel, SplatfactoModel):
             self.optimizers = optimizers.optimizers
             # Absolute screen-space gradients come from gsplat's CUDA backward only.
             self.strategy.absgrad = self.config.use_absgrad and self.device.type == "cuda"
-            self.enter_step(step)
+            self.enter_step(step, optimizers.schedulers)
 
         return [
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], before_step),
