@@ -46,6 +46,9 @@ class SegmentationOptions:
     """Phase lengths and learning rates (reconstruction, segmentation frozen, segmentation joint)."""
     clip_loss_mult: float = 1.0
     """Weight of the CLIP half of the supervision loss (Eq. 3)."""
+    clip_loss: Literal["cosine", "cosine+centred"] = "cosine"
+    """The CLIP half of the supervision loss: Eq. 3's cosine, or, beyond the paper, plus the cosine
+    of the features with the batch's mean target removed (losses.centred_clip_supervision_loss)."""
     variant: VariantName = "default"
     """Option set: 'paper' (the printed equations), 'official' (what the official code computes,
     which produced the paper's numbers) or 'default' (this project's choice, by measurement;
@@ -292,7 +295,8 @@ class SegmentationModel:
         if "selection_target" in batch:
             loss_dict["selection"] = losses.selection_loss(selection, batch["selection_target"].to(self.device))
             selection = selection.detach()
-        loss_dict["clip"] = self.config.clip_loss_mult * losses.clip_supervision_loss(
+        supervision = losses.clip_supervision_loss if self.config.clip_loss == "cosine" else losses.centred_clip_supervision_loss
+        loss_dict["clip"] = self.config.clip_loss_mult * supervision(
             clip, batch["clip_targets"], selection, normalize_scales=self.normalize_scale_targets
         )
         if self.config.use_rda and "relevancy" in batch:

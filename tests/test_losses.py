@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ovs3d_nerfstudio.losses import (
+    centred_clip_supervision_loss,
     clip_supervision_loss,
     dino_correlation,
     dot_product_logits,
@@ -135,6 +136,64 @@ def test_clip_supervision_valid_mask_and_zero_vectors():
     none_valid = clip_supervision_loss(rendered, targets, selection, torch.zeros(5, dtype=torch.bool))
     assert none_valid.item() == 0.0
     assert_finite(*grads(none_valid, (rendered,)))
+
+
+def lit_centred_supervision(rendered, targets, selection):
+    rays, scales = selection.shape
+    units = []
+    for r in range(rays):
+        mixed = sum(selection[r, s] * targets[r, s] for s in range(scales))
+        units.append(mixed / torch.sqrt((mixed * mixed).sum()))
+    centre = (sum(units) / rays).detach()
+    terms = []
+    for r in range(rays):
+        f = rendered[r] / torch.sqrt((rendered[r] * rendered[r]).sum())
+        terms.append(-lit_cos(f, units[r]) - lit_cos(f - centre, units[r] - centre))
+    return torch.stack(terms).mean()
+
+
+def test_centred_clip_supervision_matches_literal():
+    torch.manual_seed(2)
+    rendered = torch.randn(6, 8, dtype=f64, requires_grad=True)
+    targets = (torch.randn(6, 3, 8, dtype=f64) + 3.0).requires_grad_()  # a shared component, as CLIP targets have
+    selection = torch.softmax(torch.randn(6, 3, dtype=f64), -1).requires_grad_()
+    ours = centred_clip_supervision_loss(rendered, targets, selection)
+    ref = lit_centred_supervision(rendered, targets, selection)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(grads(ours, (rendered, targets, selection)), grads(ref, (rendered, targets, selection))):
+        torch.testing.assert_close(a, b)
+    # Rendering only the targets' shared component nearly satisfies Eq. 3 but not the centred half.
+    with torch.no_grad():
+        perfect = selected_targets(targets, selection)
+        common = perfect.mean(0, keepdim=True).expand_as(perfect)
+        plain_gap = clip_supervision_loss(common, targets, selection) - clip_supervision_loss(perfect, targets, selection)
+        centred_gap = centred_clip_supervision_loss(common, targets, selection) - centred_clip_supervision_loss(perfect, targets, selection)
+    assert plain_gap < 0.1 and centred_gap > 0.9
+    torch.testing.assert_close(centred_clip_supervision_loss(perfect, targets, selection), torch.tensor(-2.0, dtype=f64))
+
+
+def test_centred_clip_supervision_valid_mask_and_degenerate_inputs():
+    torch.manual_seed(3)
+    rendered = torch.randn(5, 4, dtype=f64, requires_grad=True)
+    targets = torch.randn(5, 2, 4, dtype=f64)
+    selection = torch.full((5, 2), 0.5, dtype=f64, requires_grad=True)
+    valid = torch.tensor([True, False, True, True, False])
+    loss = centred_clip_supervision_loss(rendered, targets, selection, valid)
+    keep = valid.nonzero()[:, 0]
+    ref = lit_centred_supervision(rendered[keep], targets[keep], selection[keep])
+    torch.testing.assert_close(loss, ref)  # invalid rays neither count nor move the centre
+    # Identical targets (nothing left after centring), zero vectors, no valid ray: finite, no NaN.
+    same = targets[:1].expand(5, 2, 4).clone()
+    zero = torch.zeros(5, 4, dtype=f64, requires_grad=True)
+    for features, case_targets, case_valid in (
+        (rendered, same, None),
+        (zero, targets, None),
+        (rendered, torch.zeros_like(targets), None),
+        (rendered, targets, torch.zeros(5, dtype=torch.bool)),
+    ):
+        case = centred_clip_supervision_loss(features, case_targets, selection, case_valid)
+        assert_finite(case, *grads(case, (features, selection)))
+    assert centred_clip_supervision_loss(rendered, targets, selection, torch.zeros(5, dtype=torch.bool)).item() == 0.0
 
 
 # ---- Eq. 4 ----
