@@ -204,6 +204,7 @@ def predict_embeddings(
     up: np.ndarray,
     repeats: int = 1,
     seed: int = 0,
+    on_pass: Optional[Callable[[], None]] = None,
 ) -> Tensor:
     """Per-point unit embeddings from the points alone; with ``repeats`` > 1, the first pass is
     the points as given and the others augmented (test-time augmentation), and the unit
@@ -219,5 +220,7 @@ def predict_embeddings(
         (out,) = batch_forward(network, [(voxels, rgb)])
         unit = F.normalize(out, dim=1, eps=1e-8)[voxels.point_to_voxel]
         summed = unit if summed is None else summed + unit
+        if on_pass is not None:
+            on_pass()
     assert summed is not None
     return summed

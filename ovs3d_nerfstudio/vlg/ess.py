@@ -129,7 +129,7 @@ def train_adapter(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         scheduler.step()
         history.append(sum(losses) / len(losses))
         if on_epoch is not None:

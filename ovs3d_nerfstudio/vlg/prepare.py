@@ -8,8 +8,6 @@ The result is one file per scene (:class:`PreparedScene`), written atomically.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -24,6 +22,7 @@ from ..errors import UserFacingError
 from ..features.cache import FeatureCache
 from ..features.clip_pyramid import ClipFeatureStore, PixelClipPyramid, PyramidConfig, cache_settings, extract_pyramid
 from ..teachers.base import ClipTeacher
+from .files import write_atomically
 from .fusion import DepthProvider, fuse, fusion_logits, pseudo_labels
 from .points import LabelledPoints
 from .progress import progress_bar
@@ -72,18 +71,8 @@ class PreparedScene:
 
     def save(self, path: Path) -> Path:
         """Written to a temporary file and renamed, so a stopped run leaves no half file."""
-        payload = {"format": FORMAT_VERSION, **{k: v for k, v in self.__dict__.items()}}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(payload, file)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        payload = {"format": FORMAT_VERSION, **self.__dict__}
+        return write_atomically(path, lambda file: torch.save(payload, file))
 
     @classmethod
     def load(cls, path: Path) -> "PreparedScene":
@@ -205,3 +194,4 @@ def _to_vocabulary(points: LabelledPoints, vocabulary: Sequence[str]) -> Optiona
     index = {normalize_label(label): i for i, label in enumerate(vocabulary)}
     table = np.array([index.get(normalize_label(label), IGNORE) for label in points.label_names] + [IGNORE])
     return table[np.where(points.labels >= 0, points.labels, len(points.label_names))]
+

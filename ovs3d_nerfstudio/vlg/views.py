@@ -8,6 +8,7 @@ annotated views keep their masks for the 2D evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -58,13 +59,16 @@ class SceneViews:
         return load_label_map(self.mask_paths[view], self.labels, height, width)
 
 
-def load_views(data: Path, labels: Sequence[str] = ()) -> SceneViews:
-    """Every view of the scene at ``data`` through the ``ovs3d-data`` dataparser (its default
-    pose normalisation), with ``labels`` replacing the scene's own when given."""
+def load_views(data: Path, labels: Sequence[str] = (), parser: Optional[Ovs3dDataParserConfig] = None) -> SceneViews:
+    """Every view of the scene at ``data`` through the ``ovs3d-data`` dataparser, with
+    ``labels`` replacing the scene's own when given. ``parser`` is a trained run's dataparser
+    config, so its pose normalisation (and so its frame) is the run's; by default the
+    dataparser's defaults."""
     data = Path(data)
     if not data.exists():
         raise UserFacingError(f"scene folder {data} does not exist: pass a 3D-OVS or nerfstudio-format scene")
-    config = Ovs3dDataParserConfig(data=data, eval_mode="all", labels=tuple(labels))
+    base = parser if parser is not None else Ovs3dDataParserConfig()
+    config = dataclasses.replace(base, data=data, eval_mode="all", labels=tuple(labels) or base.labels)
     outputs = config.setup().get_dataparser_outputs("train")
     cameras = outputs.cameras
     intrinsics = torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=1).double().numpy()
