@@ -102,6 +102,8 @@ class Prepare:
         spec = None
         run = None
         if self.run is not None:
+            if not Path(self.run).is_file():  # before importing the model code, which takes seconds
+                raise UserFacingError(f"no trained run at {self.run}: pass the config.yml of an 'ns-train ovs3d' run")
             from .sources import check_same_scene, load_run
 
             run = load_run(self.run)
