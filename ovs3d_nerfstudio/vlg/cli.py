@@ -363,8 +363,8 @@ def evaluate_scene(scene: PreparedScene, predicted: torch.Tensor, adapter=None) 
             name: point_metrics(torch.where(labels == IGNORE, len(vocabulary), labels), truth, len(vocabulary))
             for name, labels in rows.items()
         }
-    views = load_views(Path(scene.data), labels=scene.scene_labels) if Path(scene.data).exists() else None
-    if views is not None and views.mask_paths:
+    views = scene.views
+    if views.mask_paths and all(path.is_file() for masks in views.mask_paths.values() for path in masks.values()):
         xyz = torch.from_numpy(scene.xyz)
         metrics["views_2d"] = {
             "esgs": annotated_views_metrics(views, xyz, predicted, vocabulary),

@@ -56,7 +56,8 @@ class PreparedScene:
     up: np.ndarray
     scale: float
     """The dataparser scale: original units -> these points' units."""
-    data: str
+    views: SceneViews
+    """The cameras (in the points' frame) and annotated views, for the 2D evaluation."""
     point_labels: Optional[np.ndarray] = None
     info: Dict[str, object] = field(default_factory=dict)
 
@@ -178,7 +179,7 @@ def prepare_scene(
         pseudo=torch.empty(0, dtype=torch.long),
         up=up,
         scale=views.scale,
-        data=str(views.data),
+        views=views,
         point_labels=_to_vocabulary(points, vocabulary),
         info=dict(info or {}),
     )
