@@ -63,7 +63,7 @@ def test_run_writes_the_labelled_points_legend_and_metrics(trained: Path):
     np.testing.assert_allclose(np.linalg.norm(embeddings.astype(np.float32), axis=1), 1.0, atol=2e-3)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["points"]) == {"esgs", "pseudo_labels", "fusion_unmasked", "ess"}
-    assert set(metrics["views_2d"]) == {"esgs", "pseudo_labels", "teacher", "teacher_masked"}
+    assert set(metrics["views_2d"]) == {"esgs", "pseudo_labels", "fusion_unmasked", "ess", "teacher", "teacher_masked"}
     for rows in (metrics["points"], metrics["views_2d"]):
         for row in rows.values():
             assert all(0.0 <= value <= 1.0 for value in row.values())

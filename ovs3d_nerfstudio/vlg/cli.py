@@ -274,27 +274,39 @@ class Esg:
     voxel_size: Optional[float] = None
     """Voxel side in the data's original units (e.g. 0.02 for 2 cm on metric data); required for
     several scenes. Default (one scene): its robust longest side / 256."""
+    targets: Literal["adapter", "fused"] = "adapter"
+    """The embeddings distilled: the frozen adapter's (ESGS), or the fused features themselves
+    (the ablation without ESS)."""
+    network: Optional[Path] = None
+    """Where to write the network (default: WORK/esgs.pt)."""
     options: EsgOptions = field(default_factory=EsgOptions)
 
     def main(self) -> Path:
         workspace = Workspace(self.work)
         scenes = workspace.load_scenes(self.scenes)
         resolve_voxel_size([s.xyz for s in scenes], self.voxel_size)  # refuses automatic sizes for several scenes
-        adapter, vocabulary = load_adapter(workspace)
-        if vocabulary != scenes[0].vocabulary:
-            raise UserFacingError("the adapter was trained with another vocabulary: run 'ovs3d-vlg ess' on these scenes")
+        if self.targets == "adapter":
+            adapter, vocabulary = load_adapter(workspace)
+            if vocabulary != scenes[0].vocabulary:
+                raise UserFacingError("the adapter was trained with another vocabulary: run 'ovs3d-vlg ess' on these scenes")
+            embed, text = adapter, adapter.text
+        else:
+            embed, text = (lambda fused: fused), torch.nn.functional.normalize(scenes[0].text_features, dim=1)
+        vocabulary = scenes[0].vocabulary
         data = []
         for scene in scenes:
             with torch.no_grad():
-                targets = torch.nn.functional.normalize(adapter(scene.fused.float()), dim=1).half()
+                targets = torch.nn.functional.normalize(embed(scene.fused.float()), dim=1).half()
             data.append(EsgsScene(scene.xyz, scene.colours, targets, scene.covered, scene.up, scene_voxel_size(scene, self.voxel_size)))
         config = self.options.config()
         total = config.epochs * math.ceil(len(data) / config.scenes_per_batch)
         with progress_bar("ESGS 3D U-Net, steps", total) as advance:
             network, history = train_esgs(
-                data, adapter.text.shape[1], config, on_step=lambda step, total, loss: advance(status=f"loss {loss:.4f}")
+                data, text.shape[1], config, on_step=lambda step, total, loss: advance(status=f"loss {loss:.4f}")
             )
-        path = save_network(workspace, network, vocabulary, adapter.text, self.voxel_size, [s.name for s in scenes], history)
+        path = save_network(
+            self.network or workspace.network_path, network, vocabulary, text, self.voxel_size, [s.name for s in scenes], history
+        )
         print(f"ovs3d-vlg: 3D U-Net trained for {len(history)} steps, last loss {history[-1]:.4f} -> {path}")
         return path
 
@@ -316,12 +328,14 @@ class Predict:
     """Output folder (default: WORK/predictions/SCENE)."""
     overwrite: bool = False
     """Replace an existing prediction in the output folder."""
+    network: Optional[Path] = None
+    """The network to predict with (default: WORK/esgs.pt)."""
 
     def main(self) -> Dict:
         workspace = Workspace(self.work)
         (scene,) = workspace.load_scenes([self.scene])
         folder = prepare_folder(self.output or workspace.prediction_folder(self.scene), self.overwrite)
-        network, payload = load_network(workspace)
+        network, payload = load_network(self.network or workspace.network_path)
         if payload["vocabulary"] != scene.vocabulary:
             raise UserFacingError(f"scene {scene.name} was prepared with another vocabulary than the network's")
         voxel_size = scene_voxel_size(scene, payload["voxel_size"])
@@ -366,12 +380,8 @@ def evaluate_scene(scene: PreparedScene, predicted: torch.Tensor, adapter=None) 
     views = scene.views
     if views.mask_paths and all(path.is_file() for masks in views.mask_paths.values() for path in masks.values()):
         xyz = torch.from_numpy(scene.xyz)
-        metrics["views_2d"] = {
-            "esgs": annotated_views_metrics(views, xyz, predicted, vocabulary),
-            "pseudo_labels": annotated_views_metrics(views, xyz, scene.pseudo, vocabulary),
-            "teacher": scene.info.get("teacher_2d"),
-            "teacher_masked": scene.info.get("teacher_2d_masked"),
-        }
+        metrics["views_2d"] = {name: annotated_views_metrics(views, xyz, labels, vocabulary) for name, labels in rows.items()}
+        metrics["views_2d"].update(teacher=scene.info.get("teacher_2d"), teacher_masked=scene.info.get("teacher_2d_masked"))
     return metrics
 
 

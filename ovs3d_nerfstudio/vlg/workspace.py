@@ -103,7 +103,7 @@ def load_adapter(workspace: Workspace) -> tuple:
 
 
 def save_network(
-    workspace: Workspace,
+    path: Path,
     network: MinkUNet,
     vocabulary: Sequence[str],
     text_features: torch.Tensor,
@@ -125,13 +125,13 @@ def save_network(
             "scenes": list(scenes),
             "history": list(history),
         },
-        workspace.network_path,
+        path,
     )
 
 
-def load_network(workspace: Workspace) -> tuple:
+def load_network(path: Path) -> tuple:
     """The ESGS network (eval mode) and its checkpoint's other entries."""
-    payload = load_checkpoint(workspace.network_path, "esg")
+    payload = load_checkpoint(path, "esg")
     spec = MinkUNetSpec(**{key: tuple(value) if isinstance(value, list) else value for key, value in payload["spec"].items()})
     network = MinkUNet(payload["in_channels"], payload["out_channels"], spec, backend=payload["backend"])
     network.load_state_dict(payload["state"])
