@@ -22,7 +22,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 from jaxtyping import Float
@@ -191,12 +191,3 @@ def up_direction(camera_to_worlds: Float[np.ndarray, "V 3 4"]) -> Float[np.ndarr
         raise UserFacingError("the cameras' up directions cancel out: the scene has no common up direction")
     return up / norm
 
-
-def subsample(points: LabelledPoints, indices: Sequence[int]) -> LabelledPoints:
-    index = np.asarray(indices, dtype=np.int64)
-    return LabelledPoints(
-        xyz=points.xyz[index],
-        colours=points.colours[index],
-        labels=None if points.labels is None else points.labels[index],
-        label_names=points.label_names,
-    )
