@@ -168,3 +168,25 @@ def test_fused_features_are_normalised_per_scale():
     poses[0, :, :3] = torch.eye(3, dtype=torch.float64)
     fused, counts = fuse(torch.tensor([[0.0, 0.0, -1.0]], dtype=torch.float64), store, poses, torch.tensor([[8.0, 8.0, 4.0, 4.0]], dtype=torch.float64), 1.0, None)
     torch.testing.assert_close(fused[0], F.normalize(torch.tensor([3.0, 4.0]), dim=0))
+
+
+def test_sensor_depth_is_resized_and_moved_to_the_dataparser_units(tmp_path: Path):
+    from PIL import Image
+
+    from ovs3d_nerfstudio.vlg.prepare import sensor_depth
+    from ovs3d_nerfstudio.vlg.views import SceneViews
+
+    millimetres = np.full((6, 8), 1500, dtype=np.uint16)
+    millimetres[:2, :2] = 0  # a hole (covering what nearest resizing samples) stays unknown
+    Image.fromarray(millimetres).save(tmp_path / "d.png")
+    views = SceneViews(
+        data=tmp_path, image_filenames=[tmp_path / "i.png"], camera_to_worlds=np.zeros((1, 3, 4)),
+        intrinsics=np.zeros((1, 4)), width=8, height=6, labels=["a"], mask_paths={}, transform=np.eye(3, 4),
+        scale=0.5, depth_filenames=[tmp_path / "d.png"], depth_unit_scale_factor=1e-3,
+    )  # fmt: skip
+    depth = sensor_depth(views, 3, 4)(0)
+    assert depth.shape == (3, 4)
+    assert depth[0, 0] == 0.0 and torch.allclose(depth.flatten()[1:], torch.tensor(0.75, dtype=torch.float64))
+    views.depth_filenames = None
+    with pytest.raises(UserFacingError, match="no depth images"):
+        sensor_depth(views, 3, 4)
