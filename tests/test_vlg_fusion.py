@@ -16,7 +16,15 @@ from ovs3d_nerfstudio.errors import UserFacingError
 from ovs3d_nerfstudio.features.cache import FeatureCache
 from ovs3d_nerfstudio.features.clip_pyramid import ClipFeatureStore, PixelClipPyramid, PyramidConfig, cache_settings
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig
-from ovs3d_nerfstudio.vlg.fusion import border_pixels, fuse, fusion_logits, pseudo_labels, visibility, zbuffer_depth
+from ovs3d_nerfstudio.vlg.fusion import (
+    border_pixels,
+    fuse,
+    fusion_logits,
+    pixel_features,
+    pseudo_labels,
+    visibility,
+    zbuffer_depth,
+)
 from ovs3d_nerfstudio.vlg.points import procedural_depth, procedural_surface_points, to_dataparser_frame, up_direction
 from ovs3d_nerfstudio.vlg.prepare import PreparedScene, check_vocabulary, load_pixel_features, prepare_scene
 from ovs3d_nerfstudio.vlg.views import load_views, project
@@ -125,6 +133,10 @@ def test_prepare_scene_end_to_end_and_from_the_cache(tmp_path: Path):
     again, computed = load_pixel_features(images, teacher, TINY_PYRAMID, cache, 64)
     assert computed == 0
     torch.testing.assert_close(again.dense(2, 1), store.dense(2, 1))
+    # Pixel features of repeated pixels: gathered once, equal to the per-point gather.
+    rows, cols = torch.tensor([3, 5, 3, 23, 5, 0]), torch.tensor([7, 1, 7, 31, 1, 0])
+    direct = F.normalize(store.gather(torch.full_like(rows, 2), rows, cols), dim=-1).mean(dim=1)
+    torch.testing.assert_close(pixel_features(store, 2, rows, cols), direct)
 
     points = procedural_surface_points(spec, rays_per_pixel=0.25)
     points.xyz = to_dataparser_frame(points.xyz, views.transform, views.scale)

@@ -74,10 +74,12 @@ def zbuffer_depth(
 
 def pixel_features(store: ClipFeatureStore, view: int, rows: Tensor, cols: Tensor) -> Float[Tensor, "R D"]:
     """The Alg. 1 pixel features at ``(rows, cols)`` of one view: each scale L2-normalised, the
-    scales averaged."""
-    views = torch.full_like(rows, view)
-    per_scale = store.gather(views, rows, cols)  # (R, Ns, D)
-    return F.normalize(per_scale, dim=-1).mean(dim=1)
+    scales averaged. Each distinct pixel is gathered once (points outnumber pixels), and no
+    whole image is densified, so memory stays small at any resolution."""
+    pixels, inverse = torch.unique(rows * store.width + cols, return_inverse=True)
+    unique_rows, unique_cols = pixels // store.width, pixels % store.width
+    per_scale = store.gather(torch.full_like(unique_rows, view), unique_rows, unique_cols)  # (P, Ns, D)
+    return F.normalize(per_scale, dim=-1).mean(dim=1)[inverse]
 
 
 def fusion_logits(fused: Float[Tensor, "N D"], text: Float[Tensor, "C D"]) -> Float[Tensor, "N C"]:
