@@ -213,23 +213,31 @@ def run(profile: Profile, work: Path, layouts: Sequence[str] = LAYOUTS) -> Dict:
     timings["prepare"] = time.perf_counter() - start
 
     mark = time.perf_counter()
-    Ess(work, tuple(split["train"]), profile.ess).main()
+    Ess(work=work, scenes=tuple(split["train"]), config=profile.ess).main()
     timings["ess"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    Esg(work, tuple(split["train"]), profile.voxel_size, options=profile.esg).main()
+    Esg(work=work, scenes=tuple(split["train"]), voxel_size=profile.voxel_size, options=profile.esg).main()
     timings["esgs"] = time.perf_counter() - mark
     mark = time.perf_counter()
     no_adapter = work / "esgs_no_adapter.pt"
-    Esg(work, tuple(split["train"]), profile.voxel_size, targets="fused", network=no_adapter, options=profile.esg).main()
+    Esg(
+        work=work,
+        scenes=tuple(split["train"]),
+        voxel_size=profile.voxel_size,
+        targets="fused",
+        network=no_adapter,
+        options=profile.esg,
+    ).main()
     timings["esgs_no_adapter"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     per_scene = []
     for name in split["held_out"]:
         folder = work / "predictions" / name
-        metrics = Predict(work, name, tta=profile.tta, output=folder / "esgs", overwrite=True).main()
-        masked = Predict(work, name, mask_scene_labels=True, tta=profile.tta, output=folder / "esgs_masked", overwrite=True).main()
-        bare = Predict(work, name, tta=profile.tta, output=folder / "no_adapter", overwrite=True, network=no_adapter).main()
+        common = dict(work=work, scene=name, tta=profile.tta, overwrite=True)
+        metrics = Predict(**common, output=folder / "esgs").main()
+        masked = Predict(**common, mask_scene_labels=True, output=folder / "esgs_masked").main()
+        bare = Predict(**common, output=folder / "no_adapter", network=no_adapter).main()
         scene = {"name": name, "points": dict(metrics["points"]), "views_2d": dict(metrics["views_2d"])}
         scene["points"]["esgs_masked"] = masked["points"]["esgs"]
         scene["views_2d"]["esgs_masked"] = masked["views_2d"]["esgs"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import tyro
 
 from ovs3d_nerfstudio.errors import UserFacingError, print_user_errors
@@ -71,6 +72,11 @@ def test_run_writes_the_labelled_points_legend_and_metrics(trained: Path):
     assert metrics["points"]["pseudo_labels"]["accuracy"] > 0.5
     assert metrics["prediction"] == {"masked": False, "tta": 2, "voxel_size": pytest.approx(metrics["prediction"]["voxel_size"])}
     assert 0.9 < metrics["coverage"] <= 1.0
+    # The run's options reached the network: distilled from the adapter, 3 steps, 1/8 widths.
+    network = torch.load(trained / "esgs.pt", weights_only=False)
+    assert network["targets"] == "adapter" and len(network["history"]) == 3
+    assert network["spec"]["planes"] == (4, 8, 16, 32, 16, 16, 12, 12) and network["spec"]["stem_channels"] == 4
+    assert len(torch.load(trained / "adapter.pt", weights_only=False)["history"]) == 4
 
 
 def test_stages_reuse_the_cache_refuse_overwrites_and_evaluate(trained: Path):

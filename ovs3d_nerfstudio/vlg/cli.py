@@ -44,7 +44,7 @@ from .points import (
     up_direction,
     user_points,
 )
-from .prepare import PreparedScene, load_pixel_features, prepare_scene, sensor_depth
+from .prepare import PreparedScene, check_vocabulary, load_pixel_features, prepare_scene, sensor_depth
 from .progress import progress_bar
 from .views import load_views
 from .voxels import automatic_voxel_size, resolve_voxel_size
@@ -99,27 +99,16 @@ class Prepare:
 
     def prepare(self) -> PreparedScene:
         workspace = Workspace(self.work)
-        spec = None
-        run = None
-        if self.run is not None:
-            if not Path(self.run).is_file():  # before importing the model code, which takes seconds
-                raise UserFacingError(f"no trained run at {self.run}: pass the config.yml of an 'ns-train ovs3d' run")
-            from .sources import check_same_scene, load_run
-
-            run = load_run(self.run)
-            data = check_same_scene(run, self.data)
-        elif self.procedural is not None:
-            spec, data = self._write_procedural(workspace)
-        elif self.data is not None:
-            data = self.data
-        else:
-            raise UserFacingError("give the scene: --data SCENE_FOLDER, --procedural LAYOUT or --run RUN/config.yml")
+        spec, run, data = self._source(workspace)
         name = self.name or self.procedural or Path(data).name
         clip, pyramid, downscale, cache_dir = self.clip, self.pyramid, self.ray_downscale, self.cache_dir
         if run is not None:
             clip, pyramid, downscale, cache_dir = run.clip, run.pyramid, run.ray_downscale, run.cache_dir
         views = load_views(data, parser=run.dataparser if run is not None else None)
-        vocabulary = validate_labels(read_labels(self.vocabulary), str(self.vocabulary)) if self.vocabulary is not None else list(views.labels)
+        vocabulary = list(views.labels)
+        if self.vocabulary is not None:
+            vocabulary = validate_labels(read_labels(self.vocabulary), str(self.vocabulary))
+            check_vocabulary(vocabulary, views.labels, name)  # before any teacher call
         points = self._points(spec, run, views)
         teacher = clip.setup("cpu")
         store, computed = load_pixel_features(
@@ -128,13 +117,12 @@ class Prepare:
         depth = self._depth(spec, run, views, store.height, store.width, downscale)
         with torch.no_grad():
             text = teacher.encode_text(vocabulary).float()
+        info = {"views_computed": computed, "views": views.num_views, "depth": self._depth_kind(spec, run, views)}
         scene = prepare_scene(
-            name, points, views, store, downscale, text, vocabulary, depth, up_direction(views.camera_to_worlds),
-            info={"views_computed": computed, "views": views.num_views, "depth": self._depth_kind(spec, run, views)},
+            name, points, views, store, downscale, text, vocabulary, depth, up_direction(views.camera_to_worlds), info
         )
-        mask = scene.scene_mask()
         scene.info["teacher_2d"] = teacher_metrics(views, store, text, vocabulary)
-        scene.info["teacher_2d_masked"] = teacher_metrics(views, store, text, vocabulary, mask)
+        scene.info["teacher_2d_masked"] = teacher_metrics(views, store, text, vocabulary, scene.scene_mask())
         scene.save(workspace.scene_path(name))
         print(
             f"ovs3d-vlg: prepared {name}: {len(scene.xyz)} points, {float(scene.covered.float().mean()):.1%} seen, "
@@ -142,6 +130,22 @@ class Prepare:
             f"{workspace.scene_path(name)}"
         )
         return scene
+
+    def _source(self, workspace: Workspace):
+        """(procedural spec or None, trained run or None, scene folder)."""
+        if self.run is not None:
+            if not Path(self.run).is_file():  # before importing the model code, which takes seconds
+                raise UserFacingError(f"no trained run at {self.run}: pass the config.yml of an 'ns-train ovs3d' run")
+            from .sources import check_same_scene, load_run
+
+            run = load_run(self.run)
+            return None, run, check_same_scene(run, self.data)
+        if self.procedural is not None:
+            spec, data = self._write_procedural(workspace)
+            return spec, None, data
+        if self.data is not None:
+            return None, None, self.data
+        raise UserFacingError("give the scene: --data SCENE_FOLDER, --procedural LAYOUT or --run RUN/config.yml")
 
     def _write_procedural(self, workspace: Workspace):
         from ..data.procedural import write_scene
@@ -285,6 +289,8 @@ class Esg:
         workspace = Workspace(self.work)
         scenes = workspace.load_scenes(self.scenes)
         resolve_voxel_size([s.xyz for s in scenes], self.voxel_size)  # refuses automatic sizes for several scenes
+        if self.targets not in ("adapter", "fused"):
+            raise UserFacingError(f"--targets must be 'adapter' or 'fused'; got {self.targets!r}")
         if self.targets == "adapter":
             adapter, vocabulary = load_adapter(workspace)
             if vocabulary != scenes[0].vocabulary:
@@ -305,7 +311,14 @@ class Esg:
                 data, text.shape[1], config, on_step=lambda step, total, loss: advance(status=f"loss {loss:.4f}")
             )
         path = save_network(
-            self.network or workspace.network_path, network, vocabulary, text, self.voxel_size, [s.name for s in scenes], history
+            self.network or workspace.network_path,
+            network,
+            vocabulary,
+            text,
+            self.voxel_size,
+            [s.name for s in scenes],
+            history,
+            targets=self.targets,
         )
         print(f"ovs3d-vlg: 3D U-Net trained for {len(history)} steps, last loss {history[-1]:.4f} -> {path}")
         return path
@@ -429,10 +442,15 @@ class Run(Prepare):
 
     def main(self) -> Dict:
         scene = self.prepare()
-        Ess(self.work, (scene.name,), self.ess).main()
-        Esg(self.work, (scene.name,), self.voxel_size, self.esg).main()
+        Ess(work=self.work, scenes=(scene.name,), config=self.ess).main()
+        Esg(work=self.work, scenes=(scene.name,), voxel_size=self.voxel_size, options=self.esg).main()
         return Predict(
-            self.work, scene.name, self.mask_scene_labels, self.tta, self.embeddings, overwrite=self.overwrite
+            work=self.work,
+            scene=scene.name,
+            mask_scene_labels=self.mask_scene_labels,
+            tta=self.tta,
+            embeddings=self.embeddings,
+            overwrite=self.overwrite,
         ).main()
 
 

@@ -110,8 +110,10 @@ def save_network(
     voxel_size: Optional[float],
     scenes: Sequence[str],
     history,
+    targets: str,
 ) -> Path:
-    """``voxel_size`` is in the data's original units, or None for each scene's automatic size."""
+    """``voxel_size`` is in the data's original units, or None for each scene's automatic size;
+    ``targets`` names what was distilled ("adapter" or "fused")."""
     return save_atomically(
         {
             "state": network.state_dict(),
@@ -124,6 +126,7 @@ def save_network(
             "voxel_size": voxel_size,
             "scenes": list(scenes),
             "history": list(history),
+            "targets": targets,
         },
         path,
     )
