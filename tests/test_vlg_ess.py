@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from ovs3d_nerfstudio.data.labels import IGNORE
-from ovs3d_nerfstudio.vlg.ess import Adapter, EssConfig, EssScene, adapter_forward, adapter_logits, ess_loss, train_adapter
+from ovs3d_nerfstudio.vlg.ess import (
+    Adapter,
+    EssConfig,
+    EssScene,
+    adapter_forward,
+    adapter_logits,
+    epoch_batches,
+    ess_loss,
+    train_adapter,
+)
 
 
 def _transcription(x, w1, w2, b2):
@@ -96,3 +105,14 @@ def test_training_fits_pseudo_labels_and_keeps_the_last_epoch():
     again, _ = train_adapter(scenes, text, EssConfig(epochs=2))
     twice, _ = train_adapter(scenes, text, EssConfig(epochs=2))
     torch.testing.assert_close(again.w1.weight, twice.w1.weight)
+
+
+def test_epoch_batches():
+    generator = torch.Generator().manual_seed(0)
+    paper = epoch_batches(20, 16, None, generator)
+    assert [len(b) for b in paper] == [16, 4] and sorted(sum(paper, [])) == list(range(20))
+    more = epoch_batches(3, 16, 5, generator)
+    assert len(more) == 5 and all(sorted(b) == [0, 1, 2] for b in more)  # distinct scenes per batch
+    assert all(len(set(b)) == 4 for b in epoch_batches(10, 4, 7, generator))
+    with pytest.raises(ValueError, match="batches per epoch"):
+        epoch_batches(3, 16, 0, generator)

@@ -83,6 +83,11 @@ class EssConfig:
     gamma: float = 0.7
     scenes_per_batch: int = 16
     points_per_scene: int = 40_000
+    batches_per_epoch: Optional[int] = None
+    """None: one pass over the scenes, ceil(scenes / scenes_per_batch) batches, as in the paper,
+    where ScanNet's 1,201 training scenes give 76 batches of 16 (6,080 steps in 80 epochs). With
+    few scenes that is few steps (80 for up to 16 scenes), too few for the adapter to fit
+    (docs/vlg.md); a number draws that many batches per epoch, cycling through shuffled scenes."""
     seed: int = 0
 
 
@@ -96,6 +101,20 @@ class EssScene:
     @classmethod
     def covered(cls, fused: Tensor, pseudo: Tensor, coverage: Tensor) -> "EssScene":
         return cls(fused=fused[coverage > 0], pseudo=pseudo[coverage > 0])
+
+
+def epoch_batches(
+    num_scenes: int, scenes_per_batch: int, batches: Optional[int], generator: torch.Generator
+) -> List[List[int]]:
+    """Scene indices of each batch of one epoch: one pass over the shuffled scenes (the
+    paper's epoch) when ``batches`` is None, else ``batches`` batches of distinct random scenes."""
+    if batches is None:
+        order = torch.randperm(num_scenes, generator=generator).tolist()
+        return [order[start : start + scenes_per_batch] for start in range(0, num_scenes, scenes_per_batch)]
+    if batches < 1:
+        raise ValueError(f"batches per epoch must be >= 1; got {batches}")
+    size = min(scenes_per_batch, num_scenes)
+    return [torch.randperm(num_scenes, generator=generator)[:size].tolist() for _ in range(batches)]
 
 
 def train_adapter(
@@ -115,11 +134,10 @@ def train_adapter(
     scheduler = torch.optim.lr_scheduler.StepLR(optimiser, step_size=config.step_size, gamma=config.gamma)
     history: List[float] = []
     for epoch in range(config.epochs):
-        order = torch.randperm(len(scenes), generator=generator).tolist()
         losses = []
-        for start in range(0, len(order), config.scenes_per_batch):
+        for batch in epoch_batches(len(scenes), config.scenes_per_batch, config.batches_per_epoch, generator):
             features, labels = [], []
-            for index in order[start : start + config.scenes_per_batch]:
+            for index in batch:
                 scene = scenes[index]
                 count = min(config.points_per_scene, len(scene.pseudo))
                 pick = torch.randperm(len(scene.pseudo), generator=generator)[:count]
