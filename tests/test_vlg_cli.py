@@ -114,6 +114,8 @@ def test_one_line_errors(tmp_path: Path, trained: Path):
         cli("predict", "--work", alone, "--scene", "lawn")
     with pytest.raises(UserFacingError, match="give the scene"):
         cli("prepare", "--work", alone)
+    with pytest.raises(UserFacingError, match="without a point cloud: give --points"):
+        cli("prepare", "--work", alone, "--data", trained / "data" / "lawn")
 
 
 def test_missing_run_is_one_line_from_the_entry_point(tmp_path: Path, monkeypatch, capsys):

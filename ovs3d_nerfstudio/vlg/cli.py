@@ -165,6 +165,11 @@ class Prepare:
         kind = self.points
         if kind == "auto":
             kind = "procedural" if spec is not None else "run" if run is not None else "sparse"
+            if kind == "sparse" and not (Path(views.data) / "transforms.json").exists() and Path(views.data).suffix != ".json":
+                raise UserFacingError(
+                    f"{views.data} is a 3D-OVS / LLFF scene without a point cloud: give --points CLOUD.ply, "
+                    "or --run RUN/config.yml to use a trained ovs3d run's surface"
+                )
         if kind == "procedural":
             if spec is None:
                 raise UserFacingError("--points procedural needs --procedural LAYOUT")
