@@ -15,7 +15,7 @@ import tyro
 
 from ovs3d_nerfstudio.errors import UserFacingError, print_user_errors
 from ovs3d_nerfstudio.vlg.cli import Commands, entrypoint
-from ovs3d_nerfstudio.vlg.ply import read_ply
+from ovs3d_nerfstudio.vlg.ply import read_ply, write_ply
 from ovs3d_nerfstudio.vlg.prepare import PreparedScene
 
 SYNTHETIC_CLIP = "ovs3d_nerfstudio.synthetic.teachers:synthetic_clip"
@@ -128,3 +128,18 @@ def test_missing_run_is_one_line_from_the_entry_point(tmp_path: Path, monkeypatc
     print_user_errors(type(caught.value), caught.value, caught.value.__traceback__)
     printed = capsys.readouterr().err.splitlines()
     assert printed == [f"ovs3d: error: no trained run at {missing}: pass the config.yml of an 'ns-train ovs3d' run"]
+
+
+def test_label_any_ply_from_its_points_alone(trained: Path, tmp_path: Path):
+    scene = PreparedScene.load(trained / "scenes" / "lawn.pt")
+    cloud = tmp_path / "cloud.ply"
+    write_ply(cloud, scene.xyz[:500], scene.colours[:500], binary=False)
+    metrics = cli(
+        "label", "--work", trained, "--points", cloud, "--output", tmp_path / "out", "--up", *scene.up,
+        "--labels", scene.vocabulary[0], scene.vocabulary[1], "--tta", "1",
+    )  # fmt: skip
+    labelled = read_ply(tmp_path / "out" / "points.ply")
+    assert len(labelled) == 500 and set(np.unique(labelled.labels)) <= {0, 1}
+    assert sum(metrics["points_per_label"].values()) == 500 and metrics["prediction"]["masked"]
+    with pytest.raises(UserFacingError, match="lacks 'black cat' .* the network knows red apple"):
+        cli("label", "--work", trained, "--points", cloud, "--output", tmp_path / "other", "--labels", "black cat")

@@ -6,6 +6,7 @@
     ovs3d-vlg esg      --work W                       the 3D U-Net, distilled from the adapter
     ovs3d-vlg predict  --work W --scene NAME          labels from the points alone
     ovs3d-vlg evaluate --work W --scene NAME          point and 2D metrics
+    ovs3d-vlg label    --work W --points CLOUD.ply --output OUT   any .ply, points alone
     ovs3d-vlg run      --work W --procedural desk     every stage on one scene
 
 docs/vlg.md describes the stages, the files and the options.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Literal, Optional, Tuple, Union
 
+import numpy as np
 import torch
 import tyro
 from typing_extensions import Annotated
@@ -372,6 +374,59 @@ class Predict:
         return metrics
 
 
+@dataclass
+class Label:
+    """Labels of any .ply from its points alone, with the trained 3D U-Net: no views, no teacher."""
+
+    work: Path
+    """The project folder holding esgs.pt."""
+    points: Path
+    """The .ply to label (ASCII or binary; colours are used when present, mid grey otherwise)."""
+    output: Path
+    """Output folder: points.ply, labels.txt, legend.png (embeddings.npy, metrics.json)."""
+    up: Tuple[float, float, float] = (0.0, 0.0, 1.0)
+    """The cloud's up direction (rotations of test-time augmentation turn about it)."""
+    labels: Tuple[str, ...] = ()
+    """Restrict the labels to these entries of the network's vocabulary (the scene's labels)."""
+    tta: int = 5
+    embeddings: bool = False
+    overwrite: bool = False
+    network: Optional[Path] = None
+    """The network (default: WORK/esgs.pt)."""
+
+    def main(self) -> Dict:
+        from .ply import read_ply
+
+        cloud = read_ply(self.points)
+        network, payload = load_network(self.network or Workspace(self.work).network_path)
+        vocabulary = payload["vocabulary"]
+        mask = None
+        if self.labels:
+            advice = f"the network knows {', '.join(vocabulary)}; choose --labels among them or train with a larger vocabulary"
+            check_vocabulary(vocabulary, self.labels, str(self.points), advice)
+            mask = PreparedScene.vocabulary_mask(vocabulary, self.labels)
+        folder = prepare_folder(self.output, self.overwrite)
+        # The network's voxel size is in original units, as a user's .ply is; automatic otherwise.
+        voxel_size = payload["voxel_size"] if payload["voxel_size"] is not None else automatic_voxel_size(cloud.xyz)
+        colours = cloud.colours if cloud.colours is not None else np.full((len(cloud), 3), 0.5, dtype=np.float32)
+        with progress_bar("Predicting from the points, passes", self.tta) as advance:
+            embeddings = predict_embeddings(
+                network, cloud.xyz, colours, voxel_size, np.asarray(self.up), repeats=self.tta, on_pass=advance
+            )
+        prediction = label_points(embeddings, payload["text"], mask, keep_embeddings=self.embeddings)
+        unseen = torch.full((len(cloud),), IGNORE, dtype=torch.long)
+        write_prediction(folder, cloud.xyz, colours, prediction, unseen, torch.zeros(len(cloud), dtype=torch.int32), vocabulary)
+        counts = torch.bincount(prediction.labels, minlength=len(vocabulary)).tolist()
+        metrics = {
+            "num_points": len(cloud),
+            "points_per_label": dict(zip(vocabulary, counts)),
+            "prediction": {"masked": bool(self.labels), "tta": self.tta, "voxel_size": voxel_size},
+        }
+        write_json(folder / "metrics.json", metrics)
+        print(f"ovs3d-vlg: {len(cloud)} labelled points -> {folder}")
+        return metrics
+
+
 def ess_labels(scene: PreparedScene, adapter) -> torch.Tensor:
     """The adapter's labels of the covered points (over the scene's labels); ``IGNORE`` elsewhere."""
     with torch.no_grad():
@@ -465,6 +520,7 @@ Commands = Union[
     Annotated[Esg, tyro.conf.subcommand("esg")],
     Annotated[Predict, tyro.conf.subcommand("predict")],
     Annotated[Evaluate, tyro.conf.subcommand("evaluate")],
+    Annotated[Label, tyro.conf.subcommand("label")],
     Annotated[Run, tyro.conf.subcommand("run")],
 ]
 

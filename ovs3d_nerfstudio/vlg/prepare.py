@@ -67,8 +67,13 @@ class PreparedScene:
 
     def scene_mask(self) -> Tensor:
         """``(C,)`` bool: the vocabulary entries among the scene's labels."""
-        present = {normalize_label(label) for label in self.scene_labels}
-        return torch.tensor([normalize_label(label) in present for label in self.vocabulary])
+        return self.vocabulary_mask(self.vocabulary, self.scene_labels)
+
+    @staticmethod
+    def vocabulary_mask(vocabulary: Sequence[str], labels: Sequence[str]) -> Tensor:
+        """``(C,)`` bool: the vocabulary entries among ``labels`` (case and spacing ignored)."""
+        present = {normalize_label(label) for label in labels}
+        return torch.tensor([normalize_label(label) in present for label in vocabulary])
 
     def save(self, path: Path) -> Path:
         """Written to a temporary file and renamed, so a stopped run leaves no half file."""
@@ -90,15 +95,19 @@ class PreparedScene:
         return cls(**payload)
 
 
-def check_vocabulary(vocabulary: Sequence[str], scene_labels: Sequence[str], scene: str) -> None:
+VOCABULARY_ADVICE = (
+    "add them to the vocabulary (--vocabulary or the labels file) or leave the vocabulary out to use the scene's labels"
+)
+
+
+def check_vocabulary(
+    vocabulary: Sequence[str], scene_labels: Sequence[str], scene: str, advice: str = VOCABULARY_ADVICE
+) -> None:
     """Every scene label must be in the vocabulary, or the scene mask would drop a real class."""
     known = {normalize_label(label) for label in vocabulary}
     missing = [label for label in scene_labels if normalize_label(label) not in known]
     if missing:
-        raise UserFacingError(
-            f"the vocabulary lacks {', '.join(repr(m) for m in missing)} of scene {scene}: add them to the "
-            "vocabulary (--vocabulary or the labels file) or leave the vocabulary out to use the scene's labels"
-        )
+        raise UserFacingError(f"the vocabulary lacks {', '.join(repr(m) for m in missing)} of scene {scene}: {advice}")
 
 
 def load_pixel_features(
