@@ -272,11 +272,16 @@ def print_table(result: Dict) -> None:
     print(f"{'row':<18} {'point mIoU':>10} {'point mAcc':>10} {'2D mIoU':>8}")
     for row, spaces in result["rows"].items():
         points, flat = spaces.get("points", {}), spaces.get("2d", {})
-        cells = [f"{points['miou']:.3f}" if points else "-", f"{points['macc']:.3f}" if points else "-", f"{flat['miou']:.3f}" if flat else "-"]
+        cells = [
+            f"{points['miou']:.3f}" if points else "-",
+            f"{points['macc']:.3f}" if points else "-",
+            f"{flat['miou']:.3f}" if flat else "-",
+        ]
         print(f"{row:<18} {cells[0]:>10} {cells[1]:>10} {cells[2]:>8}")
     for verdict in result["criteria"]:
         state = "PASS" if verdict["passed"] else "FAIL"
-        print(f"{verdict['id']} {state}: {verdict['statement']} ({verdict['left']:.3f} {verdict['operator']} {verdict['right']:.3f})")
+        comparison = f"{verdict['left']:.3f} {verdict['operator']} {verdict['right']:.3f}"
+        print(f"{verdict['id']} {state}: {verdict['statement']} ({comparison})")
 
 
 def main() -> None:

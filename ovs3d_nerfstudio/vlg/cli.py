@@ -167,7 +167,8 @@ class Prepare:
         kind = self.points
         if kind == "auto":
             kind = "procedural" if spec is not None else "run" if run is not None else "sparse"
-            if kind == "sparse" and not (Path(views.data) / "transforms.json").exists() and Path(views.data).suffix != ".json":
+            nerfstudio_data = Path(views.data).suffix == ".json" or (Path(views.data) / "transforms.json").exists()
+            if kind == "sparse" and not nerfstudio_data:
                 raise UserFacingError(
                     f"{views.data} is a 3D-OVS / LLFF scene without a point cloud: give --points CLOUD.ply, "
                     "or --run RUN/config.yml to use a trained ovs3d run's surface"
@@ -310,7 +311,8 @@ class Esg:
         for scene in scenes:
             with torch.no_grad():
                 targets = torch.nn.functional.normalize(embed(scene.fused.float()), dim=1).half()
-            data.append(EsgsScene(scene.xyz, scene.colours, targets, scene.covered, scene.up, scene_voxel_size(scene, self.voxel_size)))
+            voxel_size = scene_voxel_size(scene, self.voxel_size)
+            data.append(EsgsScene(scene.xyz, scene.colours, targets, scene.covered, scene.up, voxel_size))
         config = self.options.config()
         total = config.epochs * math.ceil(len(data) / config.scenes_per_batch)
         with progress_bar("ESGS 3D U-Net, steps", total) as advance:
@@ -370,7 +372,8 @@ class Predict:
         metrics["prediction"] = {"masked": self.mask_scene_labels, "tta": self.tta, "voxel_size": voxel_size}
         write_json(folder / "metrics.json", metrics)
         summary = metrics.get("points", {}).get("esgs", {})
-        print(f"ovs3d-vlg: {len(scene.xyz)} labelled points -> {folder}" + (f" (point mIoU {summary['miou']:.3f})" if summary else ""))
+        score = f" (point mIoU {summary['miou']:.3f})" if summary else ""
+        print(f"ovs3d-vlg: {len(scene.xyz)} labelled points -> {folder}{score}")
         return metrics
 
 
@@ -438,7 +441,11 @@ def evaluate_scene(scene: PreparedScene, predicted: torch.Tensor, adapter=None) 
     scene mask, pseudo labels, ESS when the adapter is given) against exact labels (when the
     scene has them), and 2D metrics on the annotated views (when it has masks)."""
     vocabulary = scene.vocabulary
-    metrics: Dict[str, object] = {"scene": scene.name, "num_points": len(scene.xyz), "coverage": float(scene.covered.float().mean())}
+    metrics: Dict[str, object] = {
+        "scene": scene.name,
+        "num_points": len(scene.xyz),
+        "coverage": float(scene.covered.float().mean()),
+    }
     unmasked = pseudo_labels(fusion_logits(scene.fused.float(), scene.text_features), scene.covered)
     rows = {"esgs": predicted, "pseudo_labels": scene.pseudo, "fusion_unmasked": unmasked}
     if adapter is not None:
