@@ -55,6 +55,7 @@ from ovs3d_nerfstudio.features.clip_pyramid import (
     ClipFeatureStore,
     PixelClipPyramid,
     PyramidConfig,
+    cache_settings,
     count_windows,
     extract_pyramid,
     patch_geometry,
@@ -341,7 +342,7 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         """
         cache = FeatureCache(self.config.cache_dir)
         teacher = self.teachers.clip
-        settings = {"pyramid": list(self.config.pyramid.patch_fractions), "seed": self.config.pyramid.seed}
+        settings = cache_settings(self.config.pyramid)
         keys = [cache.key(self.ray_images[view].cpu(), teacher.identity, settings) for view in views.tolist()]
         tensors: List[Optional[Dict[str, Tensor]]] = [cache.load(key) for key in keys]
         missing = [index for index, found in enumerate(tensors) if found is None]

@@ -152,47 +152,72 @@ def pixel_rays(
     return origins, directions
 
 
-def render_scene(spec: SceneSpec) -> RenderedScene:
-    """Ray-casts every view: nearest hit, Lambert + ambient shading, exact label per pixel."""
-    poses = camera_poses(spec.rig)
+class RayHits(NamedTuple):
+    """What a batch of rays hits first: exact positions, labels and shaded colours."""
+
+    distance: Float[np.ndarray, "P"]
+    """Distance along each (unit) ray to its first hit; inf on a miss."""
+    points: Float[np.ndarray, "P 3"]
+    """Hit positions (the ray origin on a miss)."""
+    labels: Int[np.ndarray, "P"]
+    """Index into ``SceneSpec.labels`` of the surface hit; -1 on a miss."""
+    colours: Float[np.ndarray, "P 3"]
+    """Shaded RGB in [0, 1] as the views show it (0 on a miss)."""
+
+
+def cast_rays(
+    spec: SceneSpec, origins: Float[np.ndarray, "P 3"], directions: Float[np.ndarray, "P 3"]
+) -> RayHits:
+    """Nearest hit of each ray, with Lambert + ambient shading and the exact label there.
+
+    Rendering the views and sampling labelled surface points (the point-cloud path) share it,
+    so the points carry exactly the colours and labels the images show.
+    """
     surfaces = spec.surfaces
     label_index = {label: index for index, label in enumerate(spec.labels)}
     light = _normalize(np.asarray(spec.light_direction, dtype=np.float64))
+    best_t = np.full(len(origins), np.inf)
+    best_surface = np.full(len(origins), -1)
+    best_normal = np.zeros_like(origins)
+    for surface_index, surface in enumerate(surfaces):
+        t, normal = _intersect(surface, origins, directions)
+        closer = t < best_t
+        best_t[closer] = t[closer]
+        best_surface[closer] = surface_index
+        best_normal[closer] = normal[closer]
+    hit = best_surface >= 0
+    points = origins + directions * np.where(hit, best_t, 0.0)[:, None]
+    # Normals face the viewer so that both sides of a plane are lit the same way.
+    facing = np.sum(best_normal * directions, axis=-1, keepdims=True) > 0
+    normals = np.where(facing, -best_normal, best_normal)
+    shade = spec.ambient + (1.0 - spec.ambient) * np.clip(normals @ light, 0.0, None)
+    colour = np.zeros_like(origins)
+    labels = np.full(len(origins), -1)
+    for surface_index, surface in enumerate(surfaces):
+        mine = best_surface == surface_index
+        if not mine.any():
+            continue
+        pattern = _texture(surface, points[mine], spec.seed + surface_index)
+        colour[mine] = np.asarray(surface.albedo) * pattern[:, None] * shade[mine, None]
+        labels[mine] = label_index[surface.label]
+    return RayHits(distance=best_t, points=points, labels=labels, colours=colour)
+
+
+def render_scene(spec: SceneSpec) -> RenderedScene:
+    """Ray-casts every view: nearest hit, Lambert + ambient shading, exact label per pixel."""
+    poses = camera_poses(spec.rig)
     images, label_maps, nears, fars = [], [], [], []
     for c2w in poses:
         origins, directions = pixel_rays(spec, c2w)
-        origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
-        best_t = np.full(len(origins), np.inf)
-        best_surface = np.full(len(origins), -1)
-        best_normal = np.zeros_like(origins)
-        for surface_index, surface in enumerate(surfaces):
-            t, normal = _intersect(surface, origins, directions)
-            closer = t < best_t
-            best_t[closer] = t[closer]
-            best_surface[closer] = surface_index
-            best_normal[closer] = normal[closer]
-        hit = best_surface >= 0
-        points = origins + directions * np.where(hit, best_t, 0.0)[:, None]
-        # Normals face the viewer so that both sides of a plane are lit the same way.
-        facing = np.sum(best_normal * directions, axis=-1, keepdims=True) > 0
-        normals = np.where(facing, -best_normal, best_normal)
-        shade = spec.ambient + (1.0 - spec.ambient) * np.clip(normals @ light, 0.0, None)
-        colour = np.zeros_like(origins)
-        labels = np.full(len(origins), -1)
-        for surface_index, surface in enumerate(surfaces):
-            mine = best_surface == surface_index
-            if not mine.any():
-                continue
-            pattern = _texture(surface, points[mine], spec.seed + surface_index)
-            colour[mine] = np.asarray(surface.albedo) * pattern[:, None] * shade[mine, None]
-            labels[mine] = label_index[surface.label]
+        hits = cast_rays(spec, origins.reshape(-1, 3), directions.reshape(-1, 3))
+        hit = hits.labels >= 0
         # LLFF bounds are depths along the optical axis (-z of the camera), not ray lengths.
-        depth = best_t[hit] * (directions[hit] @ -c2w[:, 2])
+        depth = hits.distance[hit] * (directions.reshape(-1, 3)[hit] @ -c2w[:, 2])
         nears.append(0.9 * depth.min() if depth.size else 0.1)
         fars.append(1.1 * depth.max() if depth.size else 1.0)
         shape = (spec.height, spec.width)
-        images.append(np.round(np.clip(colour, 0.0, 1.0) * 255).astype(np.uint8).reshape(*shape, 3))
-        label_maps.append(labels.reshape(shape))
+        images.append(np.round(np.clip(hits.colours, 0.0, 1.0) * 255).astype(np.uint8).reshape(*shape, 3))
+        label_maps.append(hits.labels.reshape(shape))
     return RenderedScene(
         images=np.stack(images),
         label_maps=np.stack(label_maps),

@@ -56,6 +56,12 @@ class PyramidConfig:
                 )
 
 
+def cache_settings(config: PyramidConfig) -> Dict[str, object]:
+    """The extraction settings in a feature-cache key: every reader of the cache (``ns-train
+    ovs3d``, the point-cloud path) builds its keys with this, so they share entries."""
+    return {"pyramid": list(config.patch_fractions), "seed": config.seed}
+
+
 def patch_geometry(height: int, width: int, fraction: float) -> Tuple[int, int]:
     """Window side ``p = round(fraction * min(H, W))`` and stride ``p // 4`` (both at least 1)."""
     patch_size = max(1, round(fraction * min(height, width)))

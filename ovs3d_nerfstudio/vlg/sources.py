@@ -1,0 +1,99 @@
+"""What a trained ``ovs3d`` run gives the point-cloud path: its surface points, its rendered
+depth for the occlusion test, and the feature settings that make its cache entries reusable.
+
+The surface is sampled as ``ovs3d-export`` samples it (random training rays kept where the
+field is opaque, the point at the rendered depth), in the run's dataparser frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import UserFacingError
+from ..export import sample_labelled_points
+from ..features.clip_pyramid import PyramidConfig
+from ..runs import load_ovs3d_run
+from ..teachers.config import ClipTeacherConfig
+from .fusion import DepthProvider
+from .points import LabelledPoints
+from .views import SceneViews
+
+
+@dataclass
+class TrainedRun:
+    """A loaded run and the settings of the features ``ns-train`` cached for it."""
+
+    pipeline: object
+    data: Path
+    clip: ClipTeacherConfig
+    pyramid: PyramidConfig
+    ray_downscale: int
+    cache_dir: Optional[Path]
+
+    @property
+    def dataparser(self):
+        return self.pipeline.datamanager.config.dataparser  # type: ignore[attr-defined]
+
+
+def load_run(config_path: Path) -> TrainedRun:
+    """The run at ``config_path`` (its ``config.yml``); a missing file is a one-line error."""
+    config_path = Path(config_path)
+    if not config_path.is_file():
+        raise UserFacingError(f"no trained run at {config_path}: pass the config.yml of an 'ns-train ovs3d' run")
+    pipeline = load_ovs3d_run(config_path)
+    manager = pipeline.datamanager.config
+    return TrainedRun(
+        pipeline=pipeline,
+        data=Path(manager.dataparser.data),
+        clip=manager.clip,
+        pyramid=manager.pyramid,
+        ray_downscale=int(manager.ray_downscale),
+        cache_dir=manager.cache_dir,
+    )
+
+
+def run_surface_points(run: TrainedRun, num_points: int, opacity_threshold: float = 0.5, seed: int = 0) -> LabelledPoints:
+    """Opaque surface points of the field with their rendered colours (dataparser frame)."""
+    model = run.pipeline.model  # type: ignore[attr-defined]
+    cameras = run.pipeline.datamanager.train_dataparser_outputs.cameras  # type: ignore[attr-defined]
+    generator = torch.Generator().manual_seed(seed)
+    points = sample_labelled_points(model, cameras, num_points, opacity_threshold, 4 * num_points, generator)
+    if len(points["positions"]) == 0:
+        raise UserFacingError(f"no ray reached opacity {opacity_threshold}: is the run trained?")
+    return LabelledPoints(
+        xyz=points["positions"].double().numpy(), colours=points["rgb"].clamp(0, 1).float().numpy()
+    )
+
+
+def field_depth(run: TrainedRun, views: SceneViews, downscale: int) -> DepthProvider:
+    """The field's rendered depth per view at the feature resolution, converted from distance
+    along the (unit) ray to depth along the optical axis."""
+    model = run.pipeline.model  # type: ignore[attr-defined]
+    cameras = run.pipeline.datamanager.train_dataparser_outputs.cameras  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def provider(view: int) -> torch.Tensor:
+        camera = cameras[view : view + 1]
+        camera.rescale_output_resolution(1.0 / downscale)
+        outputs = model.get_outputs_for_camera(camera.to(model.device))
+        distance = outputs["depth"][..., 0].double().cpu()
+        height, width = distance.shape
+        fx, fy, cx, cy = (float(value) for value in (camera.fx, camera.fy, camera.cx, camera.cy))
+        x = (torch.arange(width, dtype=torch.float64) + 0.5 - cx) / fx
+        y = (torch.arange(height, dtype=torch.float64) + 0.5 - cy) / fy
+        stretch = torch.sqrt(1.0 + x[None, :] ** 2 + y[:, None] ** 2)
+        return distance / stretch
+
+    return provider
+
+
+def check_same_scene(run: TrainedRun, data: Optional[Path]) -> Path:
+    """The run's data folder, or ``data`` when it is the same one."""
+    if data is not None and Path(data).resolve() != run.data.resolve():
+        raise UserFacingError(f"--data {data} is not the data the run was trained on ({run.data}): leave --data out")
+    return run.data
+
