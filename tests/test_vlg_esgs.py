@@ -116,9 +116,10 @@ def test_tiny_overfitting_run_converges():
     covered[::10] = False
     scene = EsgsScene(xyz, colours, targets.half(), covered, np.array([0.0, 1.0, 0.0]), voxel_size=0.05)
     steps = []
-    config = EsgsConfig(architecture=TINY_UNET, epochs=60, lr=1e-2, augment=False)
+    # 60 epochs leave it at the 0.95 edge (thread-count rounding decides); 100 converge.
+    config = EsgsConfig(architecture=TINY_UNET, epochs=100, lr=1e-2, augment=False)
     network, history = train_esgs([scene], 16, config, on_step=lambda step, total, loss: steps.append(total))
-    assert len(history) == 60 and steps == [60] * 60
+    assert len(history) == 100 and steps == [100] * 100
     assert history[0] > 0.5 and history[-1] < 0.2
     embeddings = predict_embeddings(network, xyz, colours, 0.05, scene.up)
     torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(len(xyz)))
