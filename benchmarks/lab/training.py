@@ -37,9 +37,9 @@ class IterationLog:
     seconds: List[float] = field(default_factory=list)
     losses: List[Dict[str, float]] = field(default_factory=list)
 
-    def phase_summary(self, rays_per_step: Callable[[str], int], skip: int = 3) -> Dict[str, Dict[str, float]]:
-        """Iterations/s and rays/s per phase, leaving out each phase's first ``skip`` iterations
-        (allocator and proposal-sampler warm-up)."""
+    def phase_summary(self, rays_per_step: Optional[Callable[[str], int]] = None, skip: int = 3) -> Dict[str, Dict[str, float]]:
+        """Iterations/s (and rays/s, given ``rays_per_step``) per phase, leaving out each phase's
+        first ``skip`` iterations (allocator and proposal-sampler warm-up)."""
         summary: Dict[str, Dict[str, float]] = {}
         for phase in dict.fromkeys(self.phases):
             times = [s for s, p in zip(self.seconds, self.phases) if p == phase]
@@ -50,10 +50,10 @@ class IterationLog:
                 "timed_iterations": len(timed),
                 "seconds_per_iteration": mean,
                 "iterations_per_second": 1.0 / mean,
-                "rays_per_step": rays_per_step(phase),
-                "rays_per_second": rays_per_step(phase) / mean,
-                "phase_seconds": sum(times),
             }
+            if rays_per_step is not None:
+                summary[phase].update(rays_per_step=rays_per_step(phase), rays_per_second=rays_per_step(phase) / mean)
+            summary[phase]["phase_seconds"] = sum(times)
         return summary
 
     def loss_curve(self, window: int) -> List[Dict[str, float]]:
@@ -136,16 +136,23 @@ def train(config: Ovs3dTrainerConfig, resume: Optional[Path] = None, before_trai
     return TrainedRun(trainer, log, times.setup_seconds, times.train_seconds)
 
 
-def record_curve(trainer: Trainer, every: int, curve: List[Tuple[int, float]]) -> None:
+def record_curve(
+    trainer: Trainer,
+    every: int,
+    curve: List[Tuple[int, float]],
+    score: Callable[[Any, Any], float] = ray_resolution_miou,
+) -> None:
     """Appends (segmentation step, ray-resolution mIoU) to ``curve`` every ``every`` segmentation
-    steps and after the last one: a learning curve that shows whether a row has flattened."""
+    steps and after the last one: a learning curve that shows whether a row has flattened.
+    ``score(model, datamanager)`` computes a point (rendered rays for ``ovs3d``; the splat rows
+    pass :func:`splat_ray_resolution_miou`, which renders whole views)."""
     pipeline = trainer.pipeline
     schedule = pipeline.model.config.schedule
     start, end = schedule.reconstruction_steps, schedule.total_steps - 1
 
     def point(step: int) -> None:
         if step >= start and ((step - start) % every == 0 or step == end):
-            curve.append((step - start, round(ray_resolution_miou(pipeline.model, pipeline.datamanager), 4)))
+            curve.append((step - start, round(score(pipeline.model, pipeline.datamanager), 4)))
 
     trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], point))
 
@@ -153,3 +160,32 @@ def record_curve(trainer: Trainer, every: int, curve: List[Tuple[int, float]]) -
 def final_checkpoint(trainer: Trainer) -> Path:
     """The checkpoint ``Trainer`` saved at the end of training."""
     return trainer.checkpoint_dir / f"step-{trainer.step:09d}.ckpt"
+
+
+def reset_peak_memory(device: str) -> None:
+    """Starts a new peak for :func:`peak_memory`: torch's CUDA peak, and the process's peak
+    resident set (Linux ``clear_refs``; elsewhere the peak keeps counting from the start)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as file:
+            file.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory(device: str) -> Dict[str, Optional[float]]:
+    """GiB since :func:`reset_peak_memory`: ``device_gib`` (torch's CUDA allocations; None on CPU)
+    and ``host_rss_gib`` (the process's peak resident set; None where /proc is missing)."""
+    device_gib = None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        device_gib = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    host_gib = None
+    try:
+        with open("/proc/self/status", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("VmHWM:"):
+                    host_gib = round(int(line.split()[1]) * 1024 / 2**30, 3)
+    except OSError:
+        pass
+    return {"device_gib": device_gib, "host_rss_gib": host_gib}
