@@ -162,6 +162,21 @@ def test_splat_rows_need_the_profiles_splat_settings(tmp_path):
     assert not (tmp_path / "scene").exists()  # refused before writing or training anything
 
 
+def test_peak_memory_is_measured_from_the_start_of_each_stage():
+    from benchmarks.lab.training import PeakMemory
+
+    stage = PeakMemory("cpu")
+    if not stage.host_reset:
+        pytest.skip("the peak resident set cannot be reset here (no /proc/self/clear_refs)")
+    block = bytearray(256 * 2**20)
+    block[:: 2**12] = b"\x01" * len(range(0, len(block), 2**12))  # touch every page
+    high = stage.read()["host_rss_gib"]
+    del block
+    low = PeakMemory("cpu").read()["host_rss_gib"]
+    assert high - low > 0.2  # the second stage's peak does not include the first's 256 MiB
+    assert stage.read()["device_gib"] is None
+
+
 def test_method_flags_are_the_ablation_flags_of_the_cli():
     assert cli_flags(METHODS["no_rda"]) == ["--pipeline.model.use-rda", "False"]
     assert cli_flags(METHODS["no_fda"]) == ["--pipeline.model.use-fda", "False"]

@@ -23,7 +23,7 @@ from benchmarks.lab.diagnostics import diagnose, ray_resolution_miou, splat_ray_
 from benchmarks.lab.evaluation import baseline_2d
 from benchmarks.lab.methods import BASELINE_RDA, BASELINES, ROWS, VARIANT_METHODS, registered_method
 from benchmarks.lab.reports import as_json, code_version, format_table, load_average, machine_description, write_results
-from benchmarks.lab.training import TrainedRun, final_checkpoint, peak_memory, record_curve, reset_peak_memory, train
+from benchmarks.lab.training import PeakMemory, TrainedRun, final_checkpoint, record_curve, train
 
 SPLAT_DIAGNOSTICS_SKIPPED = (
     "not computed for ovs3d-splat rows: the diagnostics render rays through the NeRF field "
@@ -38,13 +38,13 @@ def method_command(profile: Profile, method: str, scene: Path) -> str:
     return " ".join(["ns-train", registered, *flags, "ovs3d-data", "--data", str(scene)])
 
 
-def _splat_measurements(run: TrainedRun, device: str) -> Dict[str, Any]:
+def _splat_measurements(run: TrainedRun, memory: PeakMemory) -> Dict[str, Any]:
     """What a splat stage records besides the NeRF rows' fields: seconds per step of each phase,
     peak memory since the stage started (setup, training and, for a row, evaluation) and the
     number of Gaussians (the reconstruction's densification sets it; segmentation keeps it)."""
     return {
         "phases": run.log.phase_summary(),
-        "peak_memory": peak_memory(device),
+        "peak_memory": memory.read(),
         "gaussians": int(run.trainer.pipeline.model.num_points),
     }
 
@@ -71,8 +71,7 @@ def _train_rows(
     if reconstruction_steps > 0:
         echo(f"{method} reconstruction stage ({reconstruction_steps} steps, shared by its rows)")
         config.max_num_iterations = reconstruction_steps
-        if splat:
-            reset_peak_memory(device)
+        memory = PeakMemory(device)
         run = train(config)
         checkpoint = final_checkpoint(run.trainer)
         result[stage] = {
@@ -80,7 +79,7 @@ def _train_rows(
             "train_seconds": run.train_seconds,
             "loss_curve": run.log.loss_curve(max(1, reconstruction_steps // 20)),
             "checkpoint": str(checkpoint),
-            **(_splat_measurements(run, device) if splat else {}),
+            **(_splat_measurements(run, memory) if splat else {}),
         }
         del run
         gc.collect()
@@ -92,14 +91,13 @@ def _train_rows(
         config.max_num_iterations = frozen_steps + joint_steps  # the steps after the shared reconstruction
         curve: List[Tuple[int, float]] = []
         score = splat_ray_resolution_miou if splat else ray_resolution_miou
-        if splat:
-            reset_peak_memory(device)
+        memory = PeakMemory(device)
         run = train(config, resume=checkpoint, before_train=lambda trainer: record_curve(trainer, profile.curve_every, curve, score))
         metrics = evaluate(run.trainer.pipeline)
         timing: Dict[str, float] = {}
         if splat:
             diagnostics = None
-            measured = {"diagnostics_skipped": SPLAT_DIAGNOSTICS_SKIPPED, **_splat_measurements(run, device)}
+            measured = {"diagnostics_skipped": SPLAT_DIAGNOSTICS_SKIPPED, **_splat_measurements(run, memory)}
         else:
             start = time.perf_counter()
             diagnostics = diagnose(run.trainer.pipeline.model, run.trainer.pipeline.datamanager)

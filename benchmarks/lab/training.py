@@ -162,30 +162,29 @@ def final_checkpoint(trainer: Trainer) -> Path:
     return trainer.checkpoint_dir / f"step-{trainer.step:09d}.ckpt"
 
 
-def reset_peak_memory(device: str) -> None:
-    """Starts a new peak for :func:`peak_memory`: torch's CUDA peak, and the process's peak
-    resident set (Linux ``clear_refs``; elsewhere the peak keeps counting from the start)."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="utf-8") as file:
-            file.write("5")
-    except OSError:
-        pass
+class PeakMemory:
+    """The peak memory of one stage, from construction to :meth:`read`: torch's CUDA allocations
+    and the process's resident set. The host peak is reset through Linux's ``clear_refs``;
+    where that is impossible it is not reported, since it would include earlier stages."""
 
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda") and torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="utf-8") as file:
+                file.write("5")  # resets VmHWM, the peak resident set
+            self.host_reset = True
+        except OSError:
+            self.host_reset = False
 
-def peak_memory(device: str) -> Dict[str, Optional[float]]:
-    """GiB since :func:`reset_peak_memory`: ``device_gib`` (torch's CUDA allocations; None on CPU)
-    and ``host_rss_gib`` (the process's peak resident set; None where /proc is missing)."""
-    device_gib = None
-    if device.startswith("cuda") and torch.cuda.is_available():
-        device_gib = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    host_gib = None
-    try:
-        with open("/proc/self/status", encoding="utf-8") as file:
-            for line in file:
-                if line.startswith("VmHWM:"):
-                    host_gib = round(int(line.split()[1]) * 1024 / 2**30, 3)
-    except OSError:
-        pass
-    return {"device_gib": device_gib, "host_rss_gib": host_gib}
+    def read(self) -> Dict[str, Optional[float]]:
+        """``device_gib`` (None without CUDA) and ``host_rss_gib`` (None where it could not be reset)."""
+        device_gib = round(torch.cuda.max_memory_allocated() / 2**30, 3) if self.cuda else None
+        host_gib = None
+        if self.host_reset:
+            with open("/proc/self/status", encoding="utf-8") as file:
+                for line in file:
+                    if line.startswith("VmHWM:"):
+                        host_gib = round(int(line.split()[1]) * 1024 / 2**30, 3)
+        return {"device_gib": device_gib, "host_rss_gib": host_gib}
