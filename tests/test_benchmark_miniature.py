@@ -197,6 +197,8 @@ def test_profile_flags_parse_with_ns_train(tmp_path):
     import tyro
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
 
+    from ovs3d_nerfstudio.splat.pipeline import Ovs3dSplatPipeline
+
     for profile in PROFILES.values():
         args = ["ovs3d", *cli_flags({**profile.overrides, **METHODS["single_scale"]}), "ovs3d-data", "--data", str(tmp_path)]
         config = tyro.cli(AnnotatedBaseConfigUnion, args=args)
@@ -209,6 +211,7 @@ def test_profile_flags_parse_with_ns_train(tmp_path):
         assert config.pipeline.model.schedule.reconstruction_steps == profile.steps("ovs3d-splat")[0]
         assert config.pipeline.model.use_rda is False and config.pipeline.model.use_fda is False
         assert config.pipeline.datamanager.ray_downscale == profile.overrides["pipeline.datamanager.ray_downscale"]
+        Ovs3dSplatPipeline.check_config(config.pipeline)  # the option checks ns-train runs before training
 
 
 def test_format_table_marks_missing_psnr():

@@ -7,7 +7,7 @@ reconstruction stage once per scene and starts every method's segmentation stage
 checkpoint through nerfstudio's own ``--load-checkpoint`` (``TrainerConfig.load_checkpoint``),
 like the official code, which trains a TensoRF first and loads it for segmentation. This makes
 the comparison controlled (same geometry for every row) and divides the CPU cost by almost the
-number of methods.
+number of methods. The ``ovs3d-splat`` rows share a Gaussian reconstruction of their own.
 """
 
 from __future__ import annotations
