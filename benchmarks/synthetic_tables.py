@@ -183,12 +183,15 @@ def checks(results: Sequence[Dict[str, Any]]) -> List[str]:
 
 def merge_scenes(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """One result per scene, in first-seen order: rows of later files of a scene are added to the
-    first file's (extra rows run separately on the same deterministic reconstruction)."""
+    first file's (extra rows run separately on the same deterministic reconstruction), and so are
+    top-level entries the first file lacks (e.g. the ``splat_reconstruction`` of a splat-only file)."""
     merged: Dict[str, Dict[str, Any]] = {}
     for result in results:
         if result["scene"] in merged:
             for name, row in result["rows"].items():
                 merged[result["scene"]]["rows"].setdefault(name, row)
+            for key, value in result.items():
+                merged[result["scene"]].setdefault(key, value)
         else:
             merged[result["scene"]] = {**result, "rows": dict(result["rows"])}
     return list(merged.values())

@@ -99,6 +99,21 @@ def test_files_of_one_scene_are_merged_row_by_row_in_first_seen_order():
     assert "full_paper" not in GOOD["rows"]  # inputs are not modified
 
 
+def test_a_splat_file_of_a_scene_brings_its_reconstruction_along():
+    from benchmarks.synthetic_tables import timing_table
+
+    splat = {
+        "scene": "a",
+        "labels": [],
+        "rows": {"splat_full": {"miou": 0.7, "setup_seconds": 5.0, "train_seconds": 25.0}},
+        "splat_reconstruction": {"setup_seconds": 10.0, "train_seconds": 80.0},
+    }
+    merged = merge_scenes([GOOD, splat])
+    assert merged[0]["splat_reconstruction"] == splat["splat_reconstruction"]
+    assert merged[0]["rows"]["splat_full"]["miou"] == 0.7 and "splat_reconstruction" not in GOOD
+    assert timing_table(merged).splitlines()[2].endswith("| 90 | 2.0 |")
+
+
 def test_mixed_token_sizes_are_parsed_or_refused_in_one_line():
     import argparse
 
