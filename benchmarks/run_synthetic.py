@@ -1,13 +1,16 @@
-"""One synthetic scene, every row of the benchmark: 2D teacher baseline, full method, Table 2 ablations.
+"""One synthetic scene, every row of the benchmark: 2D teacher baseline, full method, Table 2 ablations,
+and the same method on Gaussians (``splat_full``, ``splat_distill_only``: ``ovs3d-splat``).
 
-Writes the scene (exact masks), trains the reconstruction stage once, trains each method's
-segmentation stage from it, evaluates every row with the code ``ns-eval`` runs, prints the
-mIoU / accuracy table and writes everything (per-class IoU, confusions, loss curves, timings,
-machine, load average, the equivalent ``ns-train`` commands) to JSON.
+Writes the scene (exact masks), trains the reconstruction stage once per registered method
+(``ovs3d``, ``ovs3d-splat``), trains each row's segmentation stage from it, evaluates every row
+with the code ``ns-eval`` runs, prints the mIoU / accuracy table and writes everything
+(per-class IoU, confusions, loss curves, timings, machine, load average, the equivalent
+``ns-train`` commands) to JSON.
 
     python benchmarks/run_synthetic.py --scene fruit_lawn --profile cpu --out benchmarks/results/fruit_lawn_cpu.json
     python benchmarks/run_synthetic.py --scene desk --profile gpu --out benchmarks/results/desk_gpu.json
     python benchmarks/run_synthetic.py --scene shelf --profile cpu --methods baseline_2d full no_rda
+    python benchmarks/run_synthetic.py --scene fruit_lawn --profile cpu --methods splat_full splat_distill_only
 
 The rows and the runner live in ``benchmarks/lab/``, the profiles in
 ``ovs3d_nerfstudio/synthetic/profiles.py``; docs/benchmarks.md explains the settings and holds

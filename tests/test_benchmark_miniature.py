@@ -1,26 +1,32 @@
-"""The synthetic benchmark runner in miniature: a tiny scene, a few steps, three rows.
+"""The synthetic benchmark runner in miniature: a tiny scene, a few steps, both baselines, three
+``ovs3d`` rows and the two ``ovs3d-splat`` rows.
 
-Checks the plumbing only (scene -> baseline -> shared reconstruction -> resumed segmentation
--> ns-eval metrics -> table and JSON), never which row scores higher: a few steps on a 32x24
-ray grid say nothing about quality.
+Checks the plumbing only (scene -> baseline -> shared reconstruction per method -> resumed
+segmentation -> ns-eval metrics -> table and JSON), never which row scores higher: a few steps
+on a 32x24 ray grid say nothing about quality.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from benchmarks.lab.methods import BASELINE, BASELINE_RDA, METHODS
+from benchmarks.lab.methods import BASELINE, BASELINE_RDA, METHODS, SPLAT_METHODS
 from benchmarks.lab.reports import format_table
 from benchmarks.lab.runner import run_benchmark
 from ovs3d_nerfstudio.synthetic.profiles import PROFILES, SYNTHETIC_CLIP, SYNTHETIC_DINO, Profile, cli_flags
 
 from tiny_run import TINY_TRAINING, tiny_schedule
+from tiny_splat_run import NUM_GAUSSIANS, TINY_SPLAT_TRAINING
 
 RECONSTRUCTION, FROZEN, JOINT = 4, 2, 2
+SPLAT_RECONSTRUCTION = 12
+"""Long enough for the tiny splat settings to densify (first refinement at step 10, see
+tests/tiny_splat_run.py), so the splat rows resume a checkpoint with another Gaussian count."""
 
 TINY = Profile(
     name="tiny",
@@ -38,12 +44,25 @@ TINY = Profile(
         "pipeline.datamanager.patch_downscale": 1,
         "pipeline.datamanager.patch_rays_per_token": 1,
     },
+    splat_overrides={
+        "pipeline.datamanager.clip.source": SYNTHETIC_CLIP,
+        "pipeline.datamanager.dino.source": SYNTHETIC_DINO,
+        **TINY_SPLAT_TRAINING,
+        **tiny_schedule(SPLAT_RECONSTRUCTION, FROZEN, JOINT),
+        "pipeline.datamanager.num_patches": 2,
+        "pipeline.datamanager.patch_tokens": 2,
+        "pipeline.datamanager.patch_downscale": 1,
+        "pipeline.datamanager.patch_rays_per_token": 1,
+    },
 )
 
-ROWS = (BASELINE, BASELINE_RDA, "full", "full_paper", "single_scale")
-"""Both 2D baselines, the full method, the paper variant (the row that switches a whole option
-set) and the ablation whose selection head differs in shape from the shared reconstruction
-checkpoint's (the one resume path that must tolerate a mismatch), in the runner's order."""
+NERF_ROWS = ("full", "full_paper", "single_scale")
+"""The full method, the paper variant (the row that switches a whole option set) and the
+ablation whose selection head differs in shape from the shared reconstruction checkpoint's (the
+one resume path that must tolerate a mismatch)."""
+SPLAT_ROWS = ("splat_full", "splat_distill_only")
+ROWS = (BASELINE, BASELINE_RDA, *NERF_ROWS, *SPLAT_ROWS)
+"""Both 2D baselines, then the trained rows, in the runner's order."""
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +82,7 @@ def test_table_has_every_requested_row_with_finite_scores(miniature):
             assert math.isfinite(row[column]) and 0.0 <= row[column] <= 1.0, (name, column, row[column])
         assert row["num_views"] == 5
         assert set(row["per_class_iou"]) == set(result["labels"])
-    for name in ROWS[2:]:
+    for name in NERF_ROWS + SPLAT_ROWS:
         assert math.isfinite(result["rows"][name]["psnr"])
     table = printed[-1]
     assert table.splitlines()[0].split() == ["method", "mIoU", "accuracy", "PSNR"]
@@ -84,12 +103,78 @@ def test_json_holds_the_same_results_and_the_commands(miniature):
 def test_trained_rows_resume_from_the_shared_reconstruction(miniature):
     result, _, _ = miniature
     assert result["reconstruction"]["loss_curve"][0]["phase"] == "reconstruction"
-    for name in ROWS[2:]:
+    for name in NERF_ROWS:
         curve = result["rows"][name]["loss_curve"]
         assert curve[0]["step"] == RECONSTRUCTION and curve[0]["phase"] == "segmentation-frozen"
         assert curve[-1]["phase"] == "segmentation-joint"
         assert "clip" in curve[0] and "rgb" not in curve[0]
         assert Path(result["rows"][name]["config"]).is_file()  # loadable by ns-eval
+
+
+def test_splat_rows_resume_from_their_own_shared_reconstruction(miniature):
+    result, _, _ = miniature
+    reconstruction = result["splat_reconstruction"]
+    assert "/runs/splat_reconstruction/ovs3d-splat/" in reconstruction["checkpoint"]
+    assert reconstruction["checkpoint"] != result["reconstruction"]["checkpoint"]
+    assert reconstruction["loss_curve"][0]["phase"] == "reconstruction" and "main_loss" in reconstruction["loss_curve"][0]
+    assert reconstruction["phases"]["reconstruction"]["iterations"] == SPLAT_RECONSTRUCTION
+    assert reconstruction["gaussians"] != NUM_GAUSSIANS  # densified: the rows resume another Gaussian count
+    for name in SPLAT_ROWS:
+        row = result["rows"][name]
+        assert row["gaussians"] == reconstruction["gaussians"]  # geometry comes from the shared checkpoint, frozen
+        curve = row["loss_curve"]
+        assert curve[0]["step"] == SPLAT_RECONSTRUCTION and curve[0]["phase"] == "segmentation-frozen"
+        assert "clip" in curve[0] and "main_loss" not in curve[0]
+        assert curve[-1]["phase"] == "segmentation-joint" and "main_loss" in curve[-1]
+        assert {phase: summary["iterations"] for phase, summary in row["phases"].items()} == {
+            "segmentation-frozen": FROZEN,
+            "segmentation-joint": JOINT,
+        }
+        assert "method_name: ovs3d-splat" in Path(row["config"]).read_text()  # loadable by ns-eval
+        assert result["commands"][name].startswith("ns-train ovs3d-splat ")
+        assert f"--pipeline.model.num-random {NUM_GAUSSIANS}" in result["commands"][name]
+
+
+def test_splat_rows_switch_rda_and_fda_like_the_nerf_rows(miniature):
+    result, _, _ = miniature
+    full, distill = (result["rows"][name]["loss_curve"] for name in SPLAT_ROWS)
+    assert "rda" in full[0] and any("fda_pos" in point for point in full)
+    assert not any({"rda", "fda_pos", "fda_neg"} & set(point) for point in distill)
+    assert "--pipeline.model.use-rda False --pipeline.model.use-fda False ovs3d-data --data" in result["commands"]["splat_distill_only"]
+
+
+def test_splat_rows_have_learning_curves_memory_and_no_diagnostics(miniature):
+    result, _, _ = miniature
+    for name in SPLAT_ROWS:
+        row = result["rows"][name]
+        steps = [step for step, _ in row["miou_curve"]]
+        assert steps[0] == 0 and steps[-1] == FROZEN + JOINT - 1
+        assert all(0.0 <= value <= 1.0 for _, value in row["miou_curve"])
+        assert row["diagnostics"] is None and "NeRF" in row["diagnostics_skipped"]
+        assert row["peak_memory"]["device_gib"] is None  # CPU run
+        assert 0.0 < row["peak_memory"]["host_rss_gib"] < 64.0
+
+
+def test_splat_rows_need_the_profiles_splat_settings(tmp_path):
+    bare = dataclasses.replace(TINY, splat_overrides={})
+    with pytest.raises(ValueError, match="profile 'tiny' has no ovs3d-splat settings"):
+        run_benchmark("fruit_lawn", bare, (BASELINE, "splat_full"), tmp_path, echo=lambda line: None)
+    assert not (tmp_path / "scene").exists()  # refused before writing or training anything
+
+
+def test_peak_memory_is_measured_from_the_start_of_each_stage():
+    from benchmarks.lab.training import PeakMemory
+
+    stage = PeakMemory("cpu")
+    if not stage.host_reset:
+        pytest.skip("the peak resident set cannot be reset here (no /proc/self/clear_refs)")
+    block = bytearray(256 * 2**20)
+    block[:: 2**12] = b"\x01" * len(range(0, len(block), 2**12))  # touch every page
+    high = stage.read()["host_rss_gib"]
+    del block
+    low = PeakMemory("cpu").read()["host_rss_gib"]
+    assert high - low > 0.2  # the second stage's peak does not include the first's 256 MiB
+    assert stage.read()["device_gib"] is None
 
 
 def test_method_flags_are_the_ablation_flags_of_the_cli():
@@ -102,12 +187,17 @@ def test_method_flags_are_the_ablation_flags_of_the_cli():
     assert cli_flags(METHODS["distill_only"]) == ["--pipeline.model.use-rda", "False", "--pipeline.model.use-fda", "False"]
     assert cli_flags(METHODS["full_official"]) == ["--pipeline.model.variant", "official"]
     assert cli_flags(METHODS["full_all_views"]) == ["--pipeline.datamanager.clip-view-fraction", "1.0"]
+    assert cli_flags(SPLAT_METHODS["splat_full"]) == []
+    assert cli_flags(SPLAT_METHODS["splat_distill_only"]) == cli_flags(METHODS["distill_only"])
 
 
 def test_profile_flags_parse_with_ns_train(tmp_path):
-    """Every profile's flags are valid ``ns-train ovs3d`` flags and give the profile's values."""
+    """Every profile's flags are valid ``ns-train ovs3d`` (and its splat flags ``ns-train
+    ovs3d-splat``) flags and give the profile's values."""
     import tyro
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    from ovs3d_nerfstudio.splat.pipeline import Ovs3dSplatPipeline
 
     for profile in PROFILES.values():
         args = ["ovs3d", *cli_flags({**profile.overrides, **METHODS["single_scale"]}), "ovs3d-data", "--data", str(tmp_path)]
@@ -115,6 +205,13 @@ def test_profile_flags_parse_with_ns_train(tmp_path):
         assert config.pipeline.model.schedule.reconstruction_steps == profile.steps()[0]
         assert config.pipeline.datamanager.pyramid.patch_fractions == (0.142857,)
         assert config.pipeline.datamanager.clip.source == SYNTHETIC_CLIP
+        args = ["ovs3d-splat", *cli_flags({**profile.splat_overrides, **SPLAT_METHODS["splat_distill_only"]}), "ovs3d-data", "--data", str(tmp_path)]
+        config = tyro.cli(AnnotatedBaseConfigUnion, args=args)
+        assert config.method_name == "ovs3d-splat"
+        assert config.pipeline.model.schedule.reconstruction_steps == profile.steps("ovs3d-splat")[0]
+        assert config.pipeline.model.use_rda is False and config.pipeline.model.use_fda is False
+        assert config.pipeline.datamanager.ray_downscale == profile.overrides["pipeline.datamanager.ray_downscale"]
+        Ovs3dSplatPipeline.check_config(config.pipeline)  # the option checks ns-train runs before training
 
 
 def test_format_table_marks_missing_psnr():
@@ -134,7 +231,7 @@ def test_variant_rows_switch_the_option_set(miniature):
 def test_trained_rows_have_learning_curves_and_diagnostics(miniature):
     result, _, _ = miniature
     labels = result["labels"]
-    for name in ROWS[2:]:
+    for name in NERF_ROWS:
         row = result["rows"][name]
         steps = [step for step, _ in row["miou_curve"]]
         assert steps[0] == 0 and steps[-1] == FROZEN + JOINT - 1
@@ -161,4 +258,6 @@ def test_the_docs_tables_read_the_written_json(miniature):
     assert "| fruit_lawn | `full` |" in decision_table([written])
     lines = checks([written])
     full, teacher = written["rows"]["full"]["miou"], written["rows"][BASELINE]["miou"]
-    assert any(line.endswith(f"full {full:.3f} >= baseline_2d {teacher:.3f} + 0.05") for line in lines)
+    assert any(line.endswith(f" full {full:.3f} >= baseline_2d {teacher:.3f} + 0.05") for line in lines)
+    splat = written["rows"]["splat_full"]["miou"]
+    assert any(line.endswith(f" splat_full {splat:.3f} >= baseline_2d {teacher:.3f} + 0.05") for line in lines)

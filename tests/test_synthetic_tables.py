@@ -25,6 +25,30 @@ BAD = result(
 )
 
 
+def test_splat_full_is_checked_against_the_teacher_plus_005_per_scene():
+    scores = {"baseline_2d": 0.40, "full": 0.60}
+    classes = {"baseline_2d": {"ball": 0.5}, "full": {"ball": 0.6}}
+    good = result("a", {**scores, "splat_full": 0.45, "splat_distill_only": 0.30}, classes)
+    bad = result("b", {**scores, "splat_full": 0.449}, classes)
+    lines = checks([good, bad])
+    assert "PASS a: splat_full 0.450 >= baseline_2d 0.400 + 0.05" in lines
+    assert "FAIL b: splat_full 0.449 >= baseline_2d 0.400 + 0.05" in lines
+    assert not any("splat_distill_only" in line for line in lines)  # distillation alone has no target
+    assert not any("splat_full" in line for line in checks([GOOD]))  # no splat row, no splat check
+
+
+def test_tables_print_the_splat_rows_and_their_time():
+    from benchmarks.synthetic_tables import class_tables, timing_table
+
+    scene = result("a", {"baseline_2d": 0.40, "full": 0.60, "splat_full": 0.70}, {"baseline_2d": {"ball": 0.5}, "full": {"ball": 0.6}})
+    scene["rows"]["splat_full"].update(per_class_iou={"ball": 0.8}, setup_seconds=10.0, train_seconds=50.0, eval_seconds=0.0)
+    scene["splat_reconstruction"] = {"setup_seconds": 20.0, "train_seconds": 100.0}
+    assert "| `splat_full` | 0.700 / 0.900 | 0.700 / 0.900 (1) |" in score_table([scene], "miou", "accuracy")
+    assert "| `splat_full` | 0.80 |" in class_tables([scene])
+    assert timing_table([scene]).splitlines()[2].endswith("| 120 | 3.0 |")  # (120 + 60) s
+    assert timing_table([GOOD]).splitlines()[2].endswith("| — | — |")
+
+
 def test_checks_pass_a_scene_that_meets_every_target():
     lines = checks([GOOD])
     assert lines and all(line.startswith("PASS") for line in lines), lines
@@ -73,6 +97,21 @@ def test_files_of_one_scene_are_merged_row_by_row_in_first_seen_order():
     assert merged[0]["rows"]["full_paper"]["miou"] == 0.3
     assert merged[0]["rows"]["full"]["miou"] == 0.60  # the first file's row is kept
     assert "full_paper" not in GOOD["rows"]  # inputs are not modified
+
+
+def test_a_splat_file_of_a_scene_brings_its_reconstruction_along():
+    from benchmarks.synthetic_tables import timing_table
+
+    splat = {
+        "scene": "a",
+        "labels": [],
+        "rows": {"splat_full": {"miou": 0.7, "setup_seconds": 5.0, "train_seconds": 25.0}},
+        "splat_reconstruction": {"setup_seconds": 10.0, "train_seconds": 80.0},
+    }
+    merged = merge_scenes([GOOD, splat])
+    assert merged[0]["splat_reconstruction"] == splat["splat_reconstruction"]
+    assert merged[0]["rows"]["splat_full"]["miou"] == 0.7 and "splat_reconstruction" not in GOOD
+    assert timing_table(merged).splitlines()[2].endswith("| 90 | 2.0 |")
 
 
 def test_mixed_token_sizes_are_parsed_or_refused_in_one_line():

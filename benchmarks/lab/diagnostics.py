@@ -33,6 +33,9 @@ from ovs3d_nerfstudio.data.labels import IGNORE
 from ovs3d_nerfstudio.evaluation import pooled_class_iou, segmentation_metrics
 from ovs3d_nerfstudio.features.relevancy import normalized_relevancy_maps
 from ovs3d_nerfstudio.model import Ovs3dModel
+from ovs3d_nerfstudio.splat.datamanager import Ovs3dSplatDataManager
+from ovs3d_nerfstudio.splat.model import Ovs3dSplatModel
+from ovs3d_nerfstudio.splat.scoring import latent_space_logits
 
 
 def rounded_class_iou(pairs: Sequence[Tuple[Tensor, Tensor]], labels: Sequence[str]) -> Dict[str, Any]:
@@ -83,6 +86,20 @@ def ray_resolution_miou(model: Ovs3dModel, datamanager: Ovs3dDataManager) -> flo
     for view, masks in annotated_views(datamanager).items():
         rendered = render_view_features(model, datamanager, view)
         pairs.append((_argmax_labels(rendered["clip"], model.text_features), load_label_map(masks, labels, height, width)))
+    return _mean_miou(pairs, len(labels))
+
+
+@torch.no_grad()
+def splat_ray_resolution_miou(model: Ovs3dSplatModel, datamanager: Ovs3dSplatDataManager) -> float:
+    """:func:`ray_resolution_miou` of a splat row: each annotated view rendered whole by its
+    training camera and labelled in the latent space, as the splat model labels every image."""
+    labels: List[str] = list(model.labels)
+    height, width = datamanager.ray_images.shape[1:3]
+    pairs = []
+    for view, masks in annotated_views(datamanager).items():
+        images = model.render(datamanager.ray_cameras[view : view + 1].to(model.device), segmentation=True)
+        logits = latent_space_logits(images["clip_latent"][0], images["accumulation"][0], model.clip_head, model.text_features)
+        pairs.append((logits.argmax(dim=-1).cpu(), load_label_map(masks, labels, height, width)))
     return _mean_miou(pairs, len(labels))
 
 

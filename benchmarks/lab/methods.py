@@ -25,8 +25,24 @@ METHODS: Dict[str, Mapping[str, Any]] = {
 """Trained rows: the full method (default variant), distillation alone, the ablations of the
 paper's Table 2, the full method as printed (``full_paper``) and as the official code computes
 it (``full_official``), and the default with CLIP features for every view (``full_all_views``)."""
+SPLAT_METHODS: Dict[str, Mapping[str, Any]] = {
+    "splat_full": {},
+    "splat_distill_only": {"pipeline.model.use_rda": False, "pipeline.model.use_fda": False},
+}
+"""Trained rows of ``ovs3d-splat`` (the same method on Gaussians): the full method and distillation
+alone. They share their own reconstruction stage, trained with the profile's splat settings."""
+VARIANT_METHODS: Dict[str, Mapping[str, Mapping[str, Any]]] = {"ovs3d": METHODS, "ovs3d-splat": SPLAT_METHODS}
+"""Registered method -> its trained rows and their overrides."""
 REQUIRED_ROWS: Tuple[str, ...] = (*BASELINES, "distill_only", "full", "no_rda", "no_fda", "no_rebalance")
 """The rows the CPU profile's one-hour budget per scene is sized for."""
 
-ROWS: Tuple[str, ...] = (*BASELINES, *METHODS)
+ROWS: Tuple[str, ...] = (*BASELINES, *METHODS, *SPLAT_METHODS)
 """Every row of the results table, in print order."""
+
+
+def registered_method(row: str) -> str:
+    """The registered method (``ovs3d`` or ``ovs3d-splat``) that trains ``row``."""
+    for method, table in VARIANT_METHODS.items():
+        if row in table:
+            return method
+    raise ValueError(f"'{row}' is not a trained row; trained rows: {[name for table in VARIANT_METHODS.values() for name in table]}")

@@ -71,11 +71,11 @@ def load_average() -> List[float]:
 
 def format_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     """Plain-text table of mIoU and accuracy (and PSNR where trained), one line per row."""
-    lines = [f"{'method':<14} {'mIoU':>7} {'accuracy':>9} {'PSNR':>7}", "-" * 40]
+    lines = [f"{'method':<18} {'mIoU':>7} {'accuracy':>9} {'PSNR':>7}", "-" * 44]
     for name, result in rows.items():
         psnr = result.get("psnr")
         psnr_text = f"{psnr:7.2f}" if isinstance(psnr, float) and math.isfinite(psnr) else f"{'-':>7}"
-        lines.append(f"{name:<14} {result['miou']:7.4f} {result['accuracy']:9.4f} {psnr_text}")
+        lines.append(f"{name:<18} {result['miou']:7.4f} {result['accuracy']:9.4f} {psnr_text}")
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ reconstruction stage once per scene and starts every method's segmentation stage
 checkpoint through nerfstudio's own ``--load-checkpoint`` (``TrainerConfig.load_checkpoint``),
 like the official code, which trains a TensoRF first and loads it for segmentation. This makes
 the comparison controlled (same geometry for every row) and divides the CPU cost by almost the
-number of methods.
+number of methods. The ``ovs3d-splat`` rows share a Gaussian reconstruction of their own.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ class IterationLog:
     seconds: List[float] = field(default_factory=list)
     losses: List[Dict[str, float]] = field(default_factory=list)
 
-    def phase_summary(self, rays_per_step: Callable[[str], int], skip: int = 3) -> Dict[str, Dict[str, float]]:
-        """Iterations/s and rays/s per phase, leaving out each phase's first ``skip`` iterations
-        (allocator and proposal-sampler warm-up)."""
+    def phase_summary(self, rays_per_step: Optional[Callable[[str], int]] = None, skip: int = 3) -> Dict[str, Dict[str, float]]:
+        """Iterations/s (and rays/s, given ``rays_per_step``) per phase, leaving out each phase's
+        first ``skip`` iterations (allocator and proposal-sampler warm-up)."""
         summary: Dict[str, Dict[str, float]] = {}
         for phase in dict.fromkeys(self.phases):
             times = [s for s, p in zip(self.seconds, self.phases) if p == phase]
@@ -50,10 +50,10 @@ class IterationLog:
                 "timed_iterations": len(timed),
                 "seconds_per_iteration": mean,
                 "iterations_per_second": 1.0 / mean,
-                "rays_per_step": rays_per_step(phase),
-                "rays_per_second": rays_per_step(phase) / mean,
-                "phase_seconds": sum(times),
             }
+            if rays_per_step is not None:
+                summary[phase].update(rays_per_step=rays_per_step(phase), rays_per_second=rays_per_step(phase) / mean)
+            summary[phase]["phase_seconds"] = sum(times)
         return summary
 
     def loss_curve(self, window: int) -> List[Dict[str, float]]:
@@ -136,16 +136,23 @@ def train(config: Ovs3dTrainerConfig, resume: Optional[Path] = None, before_trai
     return TrainedRun(trainer, log, times.setup_seconds, times.train_seconds)
 
 
-def record_curve(trainer: Trainer, every: int, curve: List[Tuple[int, float]]) -> None:
+def record_curve(
+    trainer: Trainer,
+    every: int,
+    curve: List[Tuple[int, float]],
+    score: Callable[[Any, Any], float] = ray_resolution_miou,
+) -> None:
     """Appends (segmentation step, ray-resolution mIoU) to ``curve`` every ``every`` segmentation
-    steps and after the last one: a learning curve that shows whether a row has flattened."""
+    steps and after the last one: a learning curve that shows whether a row has flattened.
+    ``score(model, datamanager)`` computes a point (rendered rays for ``ovs3d``; the splat rows
+    pass :func:`splat_ray_resolution_miou`, which renders whole views)."""
     pipeline = trainer.pipeline
     schedule = pipeline.model.config.schedule
     start, end = schedule.reconstruction_steps, schedule.total_steps - 1
 
     def point(step: int) -> None:
         if step >= start and ((step - start) % every == 0 or step == end):
-            curve.append((step - start, round(ray_resolution_miou(pipeline.model, pipeline.datamanager), 4)))
+            curve.append((step - start, round(score(pipeline.model, pipeline.datamanager), 4)))
 
     trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], point))
 
@@ -153,3 +160,31 @@ def record_curve(trainer: Trainer, every: int, curve: List[Tuple[int, float]]) -
 def final_checkpoint(trainer: Trainer) -> Path:
     """The checkpoint ``Trainer`` saved at the end of training."""
     return trainer.checkpoint_dir / f"step-{trainer.step:09d}.ckpt"
+
+
+class PeakMemory:
+    """The peak memory of one stage, from construction to :meth:`read`: torch's CUDA allocations
+    and the process's resident set. The host peak is reset through Linux's ``clear_refs``;
+    where that is impossible it is not reported, since it would include earlier stages."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda") and torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="utf-8") as file:
+                file.write("5")  # resets VmHWM, the peak resident set
+            self.host_reset = True
+        except OSError:
+            self.host_reset = False
+
+    def read(self) -> Dict[str, Optional[float]]:
+        """``device_gib`` (None without CUDA) and ``host_rss_gib`` (None where it could not be reset)."""
+        device_gib = round(torch.cuda.max_memory_allocated() / 2**30, 3) if self.cuda else None
+        host_gib = None
+        if self.host_reset:
+            with open("/proc/self/status", encoding="utf-8") as file:
+                for line in file:
+                    if line.startswith("VmHWM:"):
+                        host_gib = round(int(line.split()[1]) * 1024 / 2**30, 3)
+        return {"device_gib": device_gib, "host_rss_gib": host_gib}

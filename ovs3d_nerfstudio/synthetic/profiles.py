@@ -6,18 +6,22 @@ table with one. Here:
 * :class:`Profile` — the settings of a run as data (dotted ``TrainerConfig`` paths -> values),
   so every number is written down once, printed in the results, and turned into the
   equivalent ``ns-train`` flags by :func:`cli_flags`.
-* :func:`build_config` — a ``TrainerConfig`` from the registered ``ovs3d`` method spec plus
-  overrides: a profile trains the same configuration ``ns-train ovs3d`` would.
+* :func:`build_config` — a ``TrainerConfig`` from the registered ``ovs3d`` (or ``ovs3d-splat``)
+  method spec plus overrides: a profile trains the same configuration ``ns-train ovs3d`` (or
+  ``ns-train ovs3d-splat``) would.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from nerfstudio.plugins.types import MethodSpecification
+
 from ovs3d_nerfstudio.config import Ovs3dTrainerConfig, ovs3d_method
+from ovs3d_nerfstudio.splat.config import ovs3d_splat_method
 
 SYNTHETIC_CLIP = "ovs3d_nerfstudio.synthetic.teachers:synthetic_clip"
 SYNTHETIC_DINO = "ovs3d_nerfstudio.synthetic.teachers:synthetic_dino"
@@ -31,7 +35,9 @@ class Profile:
     """Everything a benchmark run fixes besides the scene and the method.
 
     ``overrides`` are dotted attribute paths of ``TrainerConfig`` and their values, applied to
-    the registered ``ovs3d`` method config; :func:`cli_flags` prints them as ``ns-train`` flags.
+    the registered ``ovs3d`` method config; ``splat_overrides`` the same for ``ovs3d-splat``
+    (a separate set: the two models share the data options, not the model options);
+    :func:`cli_flags` prints them as ``ns-train`` flags.
     """
 
     name: str
@@ -47,11 +53,24 @@ class Profile:
     """torch intra-op threads for the whole run (None: torch's default)."""
     curve_every: int = 100
     """Segmentation steps between two points of each row's learning curve."""
+    splat_overrides: Mapping[str, Any] = field(default_factory=dict)
+    """Dotted ``TrainerConfig`` paths and values for ``ovs3d-splat`` (empty: the profile has no
+    splat settings and the benchmark's splat rows refuse to run with it)."""
 
-    def steps(self) -> Tuple[int, int, int]:
-        """(reconstruction, frozen, joint) steps after the overrides."""
-        schedule = build_config(self, {}, Path("."), Path("."), "steps").pipeline.model.schedule
+    def steps(self, method: str = "ovs3d") -> Tuple[int, int, int]:
+        """(reconstruction, frozen, joint) steps of ``method`` after the overrides."""
+        schedule = build_config(self, {}, Path("."), Path("."), "steps", method).pipeline.model.schedule
         return schedule.reconstruction_steps, schedule.frozen_steps, schedule.joint_steps
+
+    def method_overrides(self, method: str) -> Mapping[str, Any]:
+        """The profile's settings for the registered ``method``."""
+        if method not in METHOD_SPECS:
+            raise ValueError(f"unknown method '{method}'; choose from {sorted(METHOD_SPECS)}")
+        if method != SPLAT_METHOD:
+            return self.overrides
+        if not self.splat_overrides:
+            raise ValueError(f"profile '{self.name}' has no {SPLAT_METHOD} settings (Profile.splat_overrides)")
+        return self.splat_overrides
 
 
 _SYNTHETIC_TEACHERS: Dict[str, Any] = {
@@ -61,10 +80,38 @@ _SYNTHETIC_TEACHERS: Dict[str, Any] = {
     "pipeline.datamanager.clip.batch_size": 256,
 }
 
+SPLAT_METHOD = "ovs3d-splat"
+METHOD_SPECS: Dict[str, MethodSpecification] = {"ovs3d": ovs3d_method, SPLAT_METHOD: ovs3d_splat_method}
+"""The registered methods a profile can configure."""
+
 _PAPER_FROZEN_STEPS, _PAPER_JOINT_STEPS = 5000, 10000
 _CPU_STEPS = (600, 400, 800)
 """CPU profile (reconstruction, frozen, joint) steps: the required rows of a scene in under an hour on
 2 cores, with learning curves that have flattened (docs/benchmarks.md)."""
+_CPU_SPLAT_STEPS = (300, 200, 400)
+"""CPU profile steps of ``ovs3d-splat``: half the NeRF rows' (the torch rasterizer's whole-view
+steps cost 0.3-0.7 s each on 2 cores), so that both splat rows add about 10 minutes to a scene
+(docs/splat.md measured 0.677 mIoU for the full method on fruit_lawn at these settings)."""
+
+_CPU_MACHINE: Dict[str, Any] = {"machine.device_type": "cpu", "mixed_precision": False}
+_CPU_DATA: Dict[str, Any] = {
+    "pipeline.datamanager.train_num_rays_per_batch": 512,
+    "pipeline.datamanager.ray_downscale": 2,
+    "pipeline.datamanager.num_patches": 4,
+    "pipeline.datamanager.patch_tokens": 8,
+    "pipeline.datamanager.patch_downscale": 1,
+    "pipeline.datamanager.patch_rays_per_token": 1,
+}
+"""CPU profile data settings shared by ``ovs3d`` and ``ovs3d-splat`` (for the splat model:
+supervised pixels per step of the 80x60 view it renders, and FDA patches as cameras)."""
+_GPU_DATA: Dict[str, Any] = {
+    "pipeline.datamanager.ray_downscale": 2,
+    # 1008x756 is already close to the paper's 806x604 patch images (4032x3024 / 5).
+    "pipeline.datamanager.patch_downscale": 1,
+    # The official code average-pools each 8x8 block of patch *rays* into one ray per token.
+    "pipeline.datamanager.patch_rays_per_token": 1,
+}
+"""GPU profile data settings shared by ``ovs3d`` and ``ovs3d-splat``."""
 
 PROFILES: Dict[str, Profile] = {
     "cpu": Profile(
@@ -75,15 +122,17 @@ PROFILES: Dict[str, Profile] = {
             "samples per ray, 4 FDA patches of 8x8 tokens (64 px, 1 ray per token), 600 + 400 + 800 steps "
             "(segmentation 1:2 like the paper's 5k:10k). MLP learning rates of the segmentation phases "
             "are the paper's x (paper steps / profile steps), so that the CLIP head can move as far as in "
-            "the paper's 15k steps; volume learning rates are the paper's. One torch thread."
+            "the paper's 15k steps; volume learning rates are the paper's. One torch thread. "
+            "ovs3d-splat: the same data settings, 3,000 initial Gaussians (densified every 50 steps from "
+            "step 100 to 250), 300 + 200 + 400 steps with the MLP rates scaled the same way, whole views "
+            "rendered by the torch rasterizer."
         ),
         width=160,
         height=120,
         torch_threads=1,
         overrides={
             **_SYNTHETIC_TEACHERS,
-            "machine.device_type": "cpu",
-            "mixed_precision": False,
+            **_CPU_MACHINE,
             "pipeline.model.implementation": "torch",
             "pipeline.model.schedule.reconstruction_steps": _CPU_STEPS[0],
             "pipeline.model.schedule.frozen_steps": _CPU_STEPS[1],
@@ -108,12 +157,23 @@ PROFILES: Dict[str, Profile] = {
             "pipeline.model.proposal_net_args_list.1.log2_hashmap_size": 14,
             "pipeline.model.proposal_net_args_list.1.max_res": 128,
             "pipeline.model.eval_num_rays_per_chunk": 4096,
-            "pipeline.datamanager.train_num_rays_per_batch": 512,
-            "pipeline.datamanager.ray_downscale": 2,
-            "pipeline.datamanager.num_patches": 4,
-            "pipeline.datamanager.patch_tokens": 8,
-            "pipeline.datamanager.patch_downscale": 1,
-            "pipeline.datamanager.patch_rays_per_token": 1,
+            **_CPU_DATA,
+        },
+        splat_overrides={
+            **_SYNTHETIC_TEACHERS,
+            **_CPU_MACHINE,
+            "pipeline.model.schedule.reconstruction_steps": _CPU_SPLAT_STEPS[0],
+            "pipeline.model.schedule.frozen_steps": _CPU_SPLAT_STEPS[1],
+            "pipeline.model.schedule.joint_steps": _CPU_SPLAT_STEPS[2],
+            "pipeline.model.schedule.frozen_lr_mlp": 1e-4 * _PAPER_FROZEN_STEPS / _CPU_SPLAT_STEPS[1],
+            "pipeline.model.schedule.joint_lr_mlp": 5e-5 * _PAPER_JOINT_STEPS / _CPU_SPLAT_STEPS[2],
+            "pipeline.model.num_random": 3000,
+            # Densify within the short reconstruction, at full resolution from the start.
+            "pipeline.model.num_downscales": 0,
+            "pipeline.model.warmup_length": 100,
+            "pipeline.model.refine_every": 50,
+            "pipeline.model.stop_split_at": 250,
+            **_CPU_DATA,
         },
     ),
     "gpu": Profile(
@@ -122,19 +182,14 @@ PROFILES: Dict[str, Profile] = {
             "The paper's settings on one GPU: 1008x756 images, 504x378 rays (ray_downscale 2: the "
             "paper's ray resolution, 4032x3024 photos at 1/8), 4096 rays, 8 FDA patches of 32x32 tokens "
             "(256 px) with one rendered ray per token as in the official code, 30k + 5k + 10k steps, the "
-            "paper's learning rates, the default (full-size) field with tiny-cuda-nn when installed."
+            "paper's learning rates, the default (full-size) field with tiny-cuda-nn when installed. "
+            "ovs3d-splat: the same data settings and the method's defaults (50,000 initial Gaussians, "
+            "splatfacto's densification and 30k reconstruction steps, then 5k + 10k), gsplat on CUDA."
         ),
         width=1008,
         height=756,
-        overrides={
-            **_SYNTHETIC_TEACHERS,
-            "machine.device_type": "cuda",
-            "pipeline.datamanager.ray_downscale": 2,
-            # 1008x756 is already close to the paper's 806x604 patch images (4032x3024 / 5).
-            "pipeline.datamanager.patch_downscale": 1,
-            # The official code average-pools each 8x8 block of patch *rays* into one ray per token.
-            "pipeline.datamanager.patch_rays_per_token": 1,
-        },
+        overrides={**_SYNTHETIC_TEACHERS, "machine.device_type": "cuda", **_GPU_DATA},
+        splat_overrides={**_SYNTHETIC_TEACHERS, "machine.device_type": "cuda", **_GPU_DATA},
     ),
 }
 
@@ -180,15 +235,18 @@ def build_config(
     scene: Path,
     workdir: Path,
     run_name: str,
+    method: str = "ovs3d",
 ) -> Ovs3dTrainerConfig:
-    """The registered ``ovs3d`` TrainerConfig with the profile's and the method's overrides.
+    """The registered ``method``'s TrainerConfig (``ovs3d`` or ``ovs3d-splat``) with the
+    profile's settings for it and the row's overrides.
 
     Training runs in this process without a viewer (``vis tensorboard``: the event files hold
     the loss curves) and without in-training evaluation; features are cached under
     ``workdir/cache`` so that all rows share one extraction per pyramid setting.
     """
-    config: Ovs3dTrainerConfig = copy.deepcopy(ovs3d_method.config)
-    for path, value in {**profile.overrides, **method_overrides}.items():
+    profile_overrides = profile.method_overrides(method)
+    config: Ovs3dTrainerConfig = copy.deepcopy(METHOD_SPECS[method].config)
+    for path, value in {**profile_overrides, **method_overrides}.items():
         set_path(config, path, value)
     schedule = config.pipeline.model.schedule
     config.max_num_iterations = schedule.total_steps
