@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Tuple, Type
+from typing import Any, Iterable, Mapping, Optional, Tuple, Type
 
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
@@ -91,9 +91,10 @@ class AdamBetasOptimizerConfig(AdamOptimizerConfig):
     """Adam's beta coefficients."""
 
 
-def _optimizers() -> dict:
-    """One Adam per parameter group; the phase scheduler scales this lr to the schedule's rate."""
-    groups = sorted({group for trainable in TRAINABLE.values() for group in trainable})
+def phase_optimizers(trainable: Mapping[Any, Iterable[str]]) -> dict:
+    """One Adam per parameter group trainable in some phase (``trainable``: the groups of each
+    phase); the phase scheduler scales this lr to the schedule's rate."""
+    groups = sorted({group for phase_groups in trainable.values() for group in phase_groups})
     return {
         group: {"optimizer": AdamBetasOptimizerConfig(lr=1e-2, eps=1e-15), "scheduler": PhaseSchedulerConfig(group=group)}
         for group in groups
@@ -111,7 +112,7 @@ ovs3d_method = MethodSpecification(
             datamanager=Ovs3dDataManagerConfig(dataparser=Ovs3dDataParserConfig()),
             model=Ovs3dModelConfig(schedule=ScheduleConfig(), eval_num_rays_per_chunk=1 << 15),
         ),
-        optimizers=_optimizers(),
+        optimizers=phase_optimizers(TRAINABLE),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
         vis="viewer",
     ),
