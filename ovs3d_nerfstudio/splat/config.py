@@ -11,6 +11,7 @@ from ovs3d_nerfstudio.splat.datamanager import Ovs3dSplatDataManagerConfig
 from ovs3d_nerfstudio.splat.model import SPLAT_TRAINABLE, Ovs3dSplatModelConfig, SplatScheduleConfig
 from ovs3d_nerfstudio.splat.pipeline import Ovs3dSplatPipelineConfig
 
+
 ovs3d_splat_method = MethodSpecification(
     config=Ovs3dTrainerConfig(
         method_name="ovs3d-splat",
