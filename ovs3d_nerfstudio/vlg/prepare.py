@@ -123,12 +123,10 @@ def load_pixel_features(
         with progress_bar("Pixel CLIP features (Alg. 1), views", len(missing)) as advance:
             for view in missing:
                 pixels = images[view].permute(2, 0, 1).float().div(255.0)
-                pyramid_tensors = extract_pyramid(pixels, teacher, pyramid, batch_size).to_tensors()
-                try:
-                    cache.save(keys[view], pyramid_tensors)
-                except OSError:
-                    pass  # a read-only cache only costs the next run a recomputation
-                tensors[view] = pyramid_tensors
+                # The cache's own store-or-log: a read-only cache costs the next run a recomputation.
+                tensors[view] = cache.get_or_compute(
+                    keys[view], lambda: extract_pyramid(pixels, teacher, pyramid, batch_size).to_tensors()
+                )
                 advance()
     store = ClipFeatureStore.from_pyramids([PixelClipPyramid.from_tensors(t) for t in tensors])  # type: ignore[arg-type]
     return store, len(missing)
