@@ -31,7 +31,8 @@ from ovs3d_nerfstudio.legend_image import colours_to_uint8
 from ovs3d_nerfstudio.palette import palette
 from ovs3d_nerfstudio.splat.model import GEOMETRY_GROUPS, Ovs3dSplatModel
 from test_viewer import free_port, wait_for
-from tiny_splat_run import NUM_GAUSSIANS, RECONSTRUCTION, STEPS, ns_command, run_splat_cli, tiny_splat_train_args
+from tiny_run import run_cli
+from tiny_splat_run import NUM_GAUSSIANS, RECONSTRUCTION, STEPS, ns_command, tiny_splat_train_args
 
 CHECKPOINTS = (3, 6, 9, 12, 15, 18)
 """Saved steps: 9 before the first densification (step 10), 12 after it and the first frozen step,
@@ -104,7 +105,7 @@ def test_resuming_lands_in_the_right_phase_and_trains_the_live_gaussians(run: Pa
     args = tiny_splat_train_args(root / "scene", tmp_path / "outputs", root / "cache")
     args[args.index("--max-num-iterations") + 1] = "3"
     checkpoint = run / "nerfstudio_models" / "step-000000015.ckpt"
-    result = run_splat_cli([ns_command("ns-train"), args[0], "--load-checkpoint", str(checkpoint), *args[1:]], tmp_path)
+    result = run_cli([ns_command("ns-train"), args[0], "--load-checkpoint", str(checkpoint), *args[1:]], tmp_path)
     assert "step 16: phase 'segmentation-joint'" in result.stdout
     assert "phase 'reconstruction'" not in result.stdout
     resumed = tmp_path / "outputs" / "tiny" / "ovs3d-splat" / "run"
@@ -282,7 +283,7 @@ def test_ns_export_gaussian_splat_recognises_the_model(run: Path, run_entrypoint
 
 
 def test_ns_train_help_lists_the_splat_options(tmp_path: Path):
-    result = run_splat_cli([ns_command("ns-train"), "ovs3d-splat", "--help"], tmp_path)
+    result = run_cli([ns_command("ns-train"), "ovs3d-splat", "--help"], tmp_path)
     for flag in (
         "--pipeline.model.latent-dim",
         "--pipeline.model.use-rda",

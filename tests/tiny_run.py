@@ -86,12 +86,27 @@ RECONSTRUCTION, FROZEN, JOINT, SAVE_EVERY = 3, 4, 3, 3
 STEPS = RECONSTRUCTION + FROZEN + JOINT
 
 
+def tiny_target_options(cache_dir: Path) -> Dict[str, Any]:
+    """Dotted ``TrainerConfig`` paths of the tiny runs' targets (both methods): the built-in teachers
+    on tiny architectures, three window scales, the feature cache and two 2x2-token FDA patches."""
+    data = "pipeline.datamanager."
+    return {
+        f"{data}pyramid.patch_fractions": (0.5, 0.34, 0.25),
+        **{f"{data}clip.{name}": value for name, value in TINY_CLIP.items()},
+        f"{data}cache_dir": cache_dir,
+        **{f"{data}dino.{name}": value for name, value in TINY_DINO.items()},
+        f"{data}num_patches": 2,
+        f"{data}patch_tokens": 2,
+        f"{data}patch_downscale": 2,
+        f"{data}patch_rays_per_token": 2,
+    }
+
+
 def tiny_train_args(scene: Path, output_dir: Path, cache_dir: Path) -> list:
     """``ns-train`` arguments of the tiny run: all phases of the schedule with the built-in
     teachers on tiny architectures, ``TINY_TRAINING`` and two 2x2-token FDA patches."""
     from ovs3d_nerfstudio.synthetic.profiles import cli_flags
 
-    data = "pipeline.datamanager."
     options = {
         "vis": "tensorboard",
         "output_dir": output_dir,
@@ -105,14 +120,7 @@ def tiny_train_args(scene: Path, output_dir: Path, cache_dir: Path) -> list:
         "steps_per_eval_all_images": 1000,
         **TINY_TRAINING,
         **tiny_schedule(RECONSTRUCTION, FROZEN, JOINT),
-        f"{data}pyramid.patch_fractions": (0.5, 0.34, 0.25),
-        **{f"{data}clip.{name}": value for name, value in TINY_CLIP.items()},
-        f"{data}cache_dir": cache_dir,
-        **{f"{data}dino.{name}": value for name, value in TINY_DINO.items()},
-        f"{data}num_patches": 2,
-        f"{data}patch_tokens": 2,
-        f"{data}patch_downscale": 2,
-        f"{data}patch_rays_per_token": 2,
+        **tiny_target_options(cache_dir),
     }
     return ["ovs3d", *cli_flags(options), "ovs3d-data", "--data", str(scene)]
 

@@ -10,14 +10,12 @@ package lacks its entry point; the commands started here inherit it.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
 from ovs3d_nerfstudio.data.procedural import write_scene
-from tiny_run import TINY_CLIP, TINY_DINO, tiny_schedule
+from tiny_run import run_cli, tiny_schedule, tiny_target_options
 from tiny_scene import tiny_scene_spec
 
 SPLAT_METHOD = "ovs3d-splat"
@@ -50,7 +48,6 @@ def tiny_splat_train_args(scene: Path, output_dir: Path, cache_dir: Path) -> lis
     """``ns-train`` arguments of the tiny splat run."""
     from ovs3d_nerfstudio.synthetic.profiles import cli_flags
 
-    data = "pipeline.datamanager."
     options = {
         "vis": "tensorboard",
         "output_dir": output_dir,
@@ -64,23 +61,9 @@ def tiny_splat_train_args(scene: Path, output_dir: Path, cache_dir: Path) -> lis
         "steps_per_eval_all_images": 1000,
         **TINY_SPLAT_TRAINING,
         **tiny_schedule(RECONSTRUCTION, FROZEN, JOINT),
-        f"{data}pyramid.patch_fractions": (0.5, 0.34, 0.25),
-        **{f"{data}clip.{name}": value for name, value in TINY_CLIP.items()},
-        f"{data}cache_dir": cache_dir,
-        **{f"{data}dino.{name}": value for name, value in TINY_DINO.items()},
-        f"{data}num_patches": 2,
-        f"{data}patch_tokens": 2,
-        f"{data}patch_downscale": 2,
-        f"{data}patch_rays_per_token": 2,
+        **tiny_target_options(cache_dir),
     }
     return [SPLAT_METHOD, *cli_flags(options), "ovs3d-data", "--data", str(scene)]
-
-
-def run_splat_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
 
 
 def ns_command(name: str) -> str:
@@ -90,5 +73,5 @@ def ns_command(name: str) -> str:
 def train_tiny_splat_run(root: Path) -> Tuple[Path, str]:
     """Generates the tiny scene under ``root`` and trains the splat variant; returns (run folder, stdout)."""
     scene = write_scene(tiny_scene_spec(seed=0), root / "scene", mask_views=[0, 4])
-    result = run_splat_cli([ns_command("ns-train"), *tiny_splat_train_args(scene, root / "outputs", root / "cache")], root)
+    result = run_cli([ns_command("ns-train"), *tiny_splat_train_args(scene, root / "outputs", root / "cache")], root)
     return root / "outputs" / "tiny" / SPLAT_METHOD / "run", result.stdout
