@@ -78,7 +78,7 @@ DATAMANAGER_RULES: Tuple[Rule, ...] = (
     Rule("clip.batch_size", lambda v: v is None or at_least(1)(v), WHOLE_NUMBER.format(1) + " (or None: automatic)"),
     Rule("num_patches", at_least(1), WHOLE_NUMBER.format(1)),
     Rule("patch_tokens", at_least(2), WHOLE_NUMBER.format(2) + " (FDA correlates the tokens of a patch)"),
-    Rule("patch_downscale", at_least(1), WHOLE_NUMBER.format(1) + " (the paper: 5)"),
+    Rule("patch_downscale", above(0.0), "> 0 (the paper: 5; below 1 upsamples the patches)"),
     Rule(
         "patch_rays_per_token",
         lambda v: v is None or at_least(1)(v),

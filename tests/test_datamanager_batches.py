@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,7 +36,7 @@ def scene(tmp_path_factory) -> Path:
     return write_scene(tiny_scene_spec(seed=1), tmp_path_factory.mktemp("batches") / "scene", mask_views=[0])
 
 
-def build(scene: Path, cache: Path, dino_tokens: str) -> Ovs3dDataManager:
+def build(scene: Path, cache: Path, dino_tokens: str, patch_downscale: float = 2) -> Ovs3dDataManager:
     config = Ovs3dDataManagerConfig(
         dataparser=Ovs3dDataParserConfig(data=scene),
         clip=ClipTeacherConfig(**TINY_CLIP, batch_size=4),
@@ -45,7 +46,7 @@ def build(scene: Path, cache: Path, dino_tokens: str) -> Ovs3dDataManager:
         clip_view_fraction=0.5,
         num_patches=PATCHES,
         patch_tokens=TOKENS,
-        patch_downscale=2,
+        patch_downscale=patch_downscale,
         patch_rays_per_token=RAYS_PER_TOKEN,
         dino_tokens=dino_tokens,
     )
@@ -62,6 +63,11 @@ def cached(scene, tmp_path_factory) -> Ovs3dDataManager:
 @pytest.fixture(scope="module")
 def on_the_fly(scene, tmp_path_factory) -> Ovs3dDataManager:
     return build(scene, tmp_path_factory.mktemp("cache"), "on-the-fly")
+
+
+@pytest.fixture(scope="module")
+def upsampled(scene, tmp_path_factory) -> Ovs3dDataManager:
+    return build(scene, tmp_path_factory.mktemp("cache"), "cached", patch_downscale=0.5)
 
 
 def same_rays(a: RayBundle, b: RayBundle) -> bool:
@@ -182,3 +188,32 @@ def test_on_the_fly_tokens_encode_the_patch_crop(on_the_fly):
 def test_eval_ray_batches_say_all_their_rays_are_random_rays(cached):
     bundle, batch = cached.next_eval(step=0)
     assert batch["num_random_rays"] == len(bundle) == batch["image"].shape[0]
+
+
+def test_upsampled_patches_render_between_the_image_pixels(upsampled):
+    """``patch-downscale 0.5``: patch images twice the size (bicubic), DINO tokens on that grid,
+    and each patch ray through the point of the full-resolution camera it stands for."""
+    from PIL import Image
+
+    outputs = upsampled.train_dataparser_outputs
+    cameras = outputs.cameras
+    width, height = int(cameras.width[0]), int(cameras.height[0])
+    assert upsampled.patch_images.shape[1:3] == (2 * height, 2 * width)
+    with Image.open(outputs.image_filenames[1]) as image:
+        expected = torch.from_numpy(np.array(image.convert("RGB").resize((2 * width, 2 * height), Image.BICUBIC)))
+    assert torch.equal(upsampled.patch_images[1].cpu(), expected)
+    stride = upsampled.dino_teacher.stride
+    assert upsampled.dino_cache.shape[1:3] == (2 * height // stride, 2 * width // stride)
+
+    upsampled.segmentation_start = 0
+    torch.manual_seed(5)
+    bundle, batch = upsampled.next_train(step=1)
+    patch_rays = bundle[RAYS:]
+    pixels = check_patches(upsampled, patch_rays)  # tokens tile the upsampled grid
+    assert pixels.shape == (PATCHES, 3)
+    ys, xs = patch_ray_pixels(upsampled, patch_rays)[:, 1:].unbind(-1)
+    # Upsampled pixel centre (y + 0.5) lies at (y + 0.5) / 2 in full-resolution pixel units.
+    coords = torch.stack([(ys + 0.5) / 2, (xs + 0.5) / 2], dim=-1).float()
+    full = cameras.generate_rays(camera_indices=patch_rays.camera_indices, coords=coords)
+    torch.testing.assert_close(patch_rays.directions, full.directions, atol=1e-5, rtol=0)
+    assert batch["dino_tokens"].shape == (PATCHES, TOKENS * TOKENS, upsampled.dino_teacher.feature_dim)

@@ -14,6 +14,7 @@ from ovs3d_nerfstudio.vlg.ess import (
     EssScene,
     adapter_forward,
     adapter_logits,
+    balancing_weights,
     epoch_batches,
     ess_loss,
     train_adapter,
@@ -73,6 +74,55 @@ def test_ess_loss_ignores_unlabelled_points():
     assert empty.item() == 0.0
     empty.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_balancing_weights_follow_the_inverse_frequency():
+    pseudo = torch.tensor([0] * 6 + [1] * 2 + [3] * 1 + [IGNORE] * 5)
+    counts = {0: 6.0, 1: 2.0, 3: 1.0}
+    for power in (0.5, 1.0):
+        raw = {c: (9.0 / n) ** power for c, n in counts.items()}
+        mean = sum(raw.values()) / 3
+        expected = torch.tensor([raw[0] / mean, raw[1] / mean, 0.0, raw[3] / mean])
+        torch.testing.assert_close(balancing_weights(pseudo, 4, power), expected)
+    torch.testing.assert_close(balancing_weights(pseudo, 4, 0.0), torch.tensor([1.0, 1.0, 0.0, 1.0]))
+    # Power 1: every present class carries the same total weight.
+    weights = balancing_weights(pseudo, 4, 1.0)
+    totals = [weights[c] * n for c, n in counts.items()]
+    torch.testing.assert_close(torch.stack(totals), totals[0].expand(3))
+    # Degenerate: one class only, and no labelled point at all.
+    torch.testing.assert_close(balancing_weights(torch.tensor([2, 2]), 3, 1.0), torch.tensor([0.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="all unlabelled"):
+        balancing_weights(torch.full((4,), IGNORE), 3, 1.0)
+
+
+def test_weighted_ess_loss_is_the_weighted_mean():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0], [1.0, 1.0]], requires_grad=True)
+    pseudo = torch.tensor([0, IGNORE, 1, 1])
+    weights = torch.tensor([0.5, 2.0])
+    nll = -F.log_softmax(logits[[0, 2, 3]], dim=1)[[0, 1, 2], [0, 1, 1]]
+    expected = (nll * torch.tensor([0.5, 2.0, 2.0])).sum() / 4.5
+    torch.testing.assert_close(ess_loss(logits, pseudo, weights), expected)
+    grad, = torch.autograd.grad(ess_loss(logits, pseudo, weights), logits)
+    want, = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, want)
+
+
+def test_class_balance_recovers_a_rare_class_the_plain_loss_gives_up():
+    """A rare class whose features overlap a frequent one: the unweighted loss labels it as the
+    frequent class, the balanced loss gives it its points back."""
+    generator = torch.Generator().manual_seed(3)
+    dim = 16
+    text = torch.eye(3, dim)
+    labels = torch.cat([torch.zeros(950, dtype=torch.long), torch.full((50,), 1), torch.full((300,), 2)])
+    fused = text[labels] * torch.tensor([1.0, 0.4, 1.0])[labels, None] + 0.5 * torch.randn(len(labels), dim, generator=generator)
+    fused[labels == 1, 0] += 0.6
+    scenes = [EssScene.covered(fused, labels, torch.ones(len(labels), dtype=torch.int32))]
+    recall = {}
+    for balance in (0.0, 1.0):
+        adapter, _ = train_adapter(scenes, text, EssConfig(epochs=40, class_balance=balance))
+        with torch.no_grad():
+            recall[balance] = (adapter.logits(fused).argmax(dim=1) == 1)[labels == 1].float().mean().item()
+    assert recall[1.0] > recall[0.0] + 0.2
 
 
 def test_training_fits_pseudo_labels_and_keeps_the_last_epoch():

@@ -124,8 +124,10 @@ class Ovs3dDataManagerConfig(VanillaDataManagerConfig):
     """FDA patches per step (paper: 8)."""
     patch_tokens: int = 32
     """DINO tokens per patch side; a patch spans patch_tokens * stride pixels (paper: 32 -> 256 px)."""
-    patch_downscale: int = 5
-    """Patches come from the images downsampled by this factor (paper: 5)."""
+    patch_downscale: float = 5
+    """Patches come from the images resized by 1/this factor (paper: 5). Below 1 the images are
+    upsampled (bicubic) and the patch rays rendered between pixels, so that each DINO token covers
+    less of the scene: 0.5 halves a token's side (for images far smaller than the paper's)."""
     patch_rays_per_token: Optional[int] = None
     """Variant option. Rendered rays per token side, averaged into the token: 1 renders one ray per
     DINO token, 32x32 rays per 256 px patch (official: the 8x8 rays are average-pooled; the default);
@@ -250,16 +252,17 @@ class Ovs3dDataManager(VanillaDataManager[Ovs3dDataset]):
         if self.targets.selection_targets:
             self.selection_targets = self._selection_targets()
 
-    def _downscaled_cameras(self, factor: int, flag: str, advice: str) -> Cameras:
-        """The training cameras at 1/``factor``, checked to have the size of the box-filtered images
+    def _downscaled_cameras(self, factor: float, flag: str, advice: str) -> Cameras:
+        """The training cameras at 1/``factor``, checked to have the size of the resized images
         (``load_downscaled_images``) before any image is read."""
         cameras: Cameras = self.train_dataparser_outputs.cameras.to("cpu")
         width, height = int(cameras.width[0]), int(cameras.height[0])
         cameras.rescale_output_resolution(1.0 / factor)
-        if (int(cameras.width[0]), int(cameras.height[0])) != (width // factor, height // factor):
+        if (int(cameras.width[0]), int(cameras.height[0])) != resized_size(width, height, factor):
+            image_width, image_height = resized_size(width, height, factor)
             raise ConfigError(
-                f"--pipeline.datamanager.{flag} {factor}: the {width}x{height} images at 1/{factor} are "
-                f"{width // factor}x{height // factor} px but the cameras {int(cameras.width[0])}x"
+                f"--pipeline.datamanager.{flag} {factor:g}: the {width}x{height} images at 1/{factor:g} are "
+                f"{image_width}x{image_height} px but the cameras {int(cameras.width[0])}x"
                 f"{int(cameras.height[0])}; use a factor that {advice}."
             )
         return cameras
@@ -451,13 +454,20 @@ def clip_view_subset(num_views: int, fraction: float) -> Tensor:
     return torch.from_numpy(np.unique(np.linspace(0, num_views - 1, count).round().astype(np.int64)))
 
 
-def load_downscaled_images(paths: List[Path], factor: int) -> UInt8[Tensor, "N H W 3"]:
-    """Reads images and box-filters them down by ``factor`` (area averaging, like the official code)."""
+def resized_size(width: int, height: int, factor: float) -> Tuple[int, int]:
+    """Image size at 1/``factor``: whole pixels, rounded down like nerfstudio's camera rescaling."""
+    return int(width / factor), int(height / factor)
+
+
+def load_downscaled_images(paths: List[Path], factor: float) -> UInt8[Tensor, "N H W 3"]:
+    """Reads images and resizes them by 1/``factor``: box-filtered down (area averaging, like the
+    official code), bicubic up when ``factor`` < 1."""
     images = []
     for path in paths:
         with Image.open(path) as image:
             image = image.convert("RGB")
-            if factor > 1:
-                image = image.resize((image.width // factor, image.height // factor), Image.BOX)
+            if factor != 1:
+                resample = Image.BOX if factor > 1 else Image.BICUBIC
+                image = image.resize(resized_size(image.width, image.height, factor), resample)
             images.append(torch.from_numpy(np.array(image)))
     return torch.stack(images)
