@@ -31,7 +31,7 @@ def test_smoke_profile_runs_every_row(tmp_path: Path):
     assert result["vocabulary"] == union_vocabulary(layouts, 48, 36)
     assert len(result["vocabulary"]) > len(set(result["vocabulary"][:6]))  # a union, larger than one scene's
     rows = result["rows"]
-    for row in ("esgs", "esgs_masked", "esgs_no_adapter", "pseudo_labels", "fusion_unmasked", "ess"):
+    for row in ("esgs", "esgs_masked", "esgs_no_adapter", "pseudo_labels", "fusion_unmasked", "ess", "ess_official"):
         assert 0.0 <= rows[row]["points"]["miou"] <= 1.0 and 0.0 <= rows[row]["2d"]["miou"] <= 1.0
     assert set(rows["teacher_2d"]) == {"2d"} and set(rows["teacher_2d_masked"]) == {"2d"}
     assert "ovs3d_field" not in rows  # no run_synthetic result at the smoke size
