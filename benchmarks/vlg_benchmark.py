@@ -55,8 +55,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ovs3d_nerfstudio.features.clip_pyramid import PyramidConfig  # noqa: E402
 from ovs3d_nerfstudio.synthetic.scenes import NUM_VIEWS, scene_layouts  # noqa: E402
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig  # noqa: E402
-from ovs3d_nerfstudio.vlg.cli import Esg, EsgOptions, Ess, Predict, Prepare, ess_labels, evaluate_scene  # noqa: E402
-from ovs3d_nerfstudio.vlg.ess import EssConfig, EssScene, train_adapter  # noqa: E402
+from ovs3d_nerfstudio.vlg.cli import (  # noqa: E402
+    Esg,
+    EsgOptions,
+    Ess,
+    Predict,
+    Prepare,
+    ess_labels,
+    ess_training_data,
+    evaluate_scene,
+)
+from ovs3d_nerfstudio.vlg.ess import EssConfig, train_adapter  # noqa: E402
 from ovs3d_nerfstudio.vlg.workspace import Workspace  # noqa: E402
 
 SYNTHETIC_CLIP = "ovs3d_nerfstudio.synthetic.teachers:synthetic_clip"
@@ -176,8 +185,8 @@ def prepare_all(profile: Profile, layouts: Sequence[str], work: Path, vocabulary
 def official_adapter(work: Path, train: Sequence[str], ess: EssConfig):
     """The adapter at the profile's settings but with the official unweighted loss."""
     scenes = Workspace(work).load_scenes(train)
-    data = [EssScene.covered(s.fused.float(), s.pseudo, s.coverage) for s in scenes]
-    adapter, _ = train_adapter(data, scenes[0].text_features, dataclasses.replace(ess, class_balance=0.0))
+    official = dataclasses.replace(ess, class_balance=0.0)
+    adapter, _ = train_adapter(ess_training_data(scenes), scenes[0].text_features, official)
     return adapter
 
 

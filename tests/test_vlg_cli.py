@@ -110,6 +110,11 @@ def test_one_line_errors(tmp_path: Path, trained: Path):
     shutil.copy(trained / "scenes" / "lawn.pt", alone / "scenes" / "lawn.pt")
     with pytest.raises(UserFacingError, match="no adapter.pt in .*run 'ovs3d-vlg ess"):
         cli("esg", "--work", alone)
+    with pytest.raises(UserFacingError, match="ESS setting: class-balance must be >= 0"):
+        cli("ess", "--work", alone, "--config.class-balance", "-1")
+    with pytest.raises(UserFacingError, match="ESS setting: batches-per-epoch must be >= 1; got 0"):
+        cli("ess", "--work", alone, "--config.batches-per-epoch", "0")
+    assert not (alone / "adapter.pt").exists()
     with pytest.raises(UserFacingError, match="no esgs.pt in .*run 'ovs3d-vlg esg"):
         cli("predict", "--work", alone, "--scene", "lawn")
     with pytest.raises(UserFacingError, match="give the scene"):

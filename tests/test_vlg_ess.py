@@ -105,6 +105,26 @@ def test_weighted_ess_loss_is_the_weighted_mean():
     grad, = torch.autograd.grad(ess_loss(logits, pseudo, weights), logits)
     want, = torch.autograd.grad(expected, logits)
     torch.testing.assert_close(grad, want)
+    # Degenerate: every labelled point of the batch weighs 0 gives 0 with a finite gradient, not NaN.
+    nothing = ess_loss(logits, pseudo, torch.tensor([0.0, 0.0]))
+    assert nothing.item() == 0.0
+    grad, = torch.autograd.grad(nothing, logits)
+    assert torch.isfinite(grad).all()
+
+
+def test_ess_config_check_names_the_bad_setting():
+    EssConfig().check()
+    for settings, message in (
+        ({"class_balance": -0.5}, "class-balance must be >= 0"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"batches_per_epoch": 0}, "batches-per-epoch must be >= 1"),
+        ({"points_per_scene": 0}, "points-per-scene must be >= 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            EssConfig(**settings).check()
+        scene = EssScene(torch.randn(4, 8), torch.tensor([0, 1, 0, 1]))
+        with pytest.raises(ValueError, match=message):
+            train_adapter([scene], torch.randn(2, 8), EssConfig(**settings))
 
 
 def test_class_balance_recovers_a_rare_class_the_plain_loss_gives_up():

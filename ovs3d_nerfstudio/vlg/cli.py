@@ -18,7 +18,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Literal, Optional, Tuple, Union
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -215,6 +215,11 @@ class Prepare:
         return None
 
 
+def ess_training_data(scenes: Sequence[PreparedScene]) -> List[EssScene]:
+    """What the adapter trains on: each prepared scene's covered points, features and pseudo labels."""
+    return [EssScene.covered(s.fused.float(), s.pseudo, s.coverage) for s in scenes]
+
+
 @dataclass
 class Ess:
     """Stage 2: the ESS adapter on the prepared scenes' fused features and pseudo labels."""
@@ -225,9 +230,13 @@ class Ess:
     config: EssConfig = field(default_factory=EssConfig)
 
     def main(self) -> Path:
+        try:
+            self.config.check()
+        except ValueError as error:
+            raise UserFacingError(f"ESS setting: {error}") from None
         workspace = Workspace(self.work)
         scenes = workspace.load_scenes(self.scenes)
-        data = [EssScene.covered(s.fused.float(), s.pseudo, s.coverage) for s in scenes]
+        data = ess_training_data(scenes)
         with progress_bar("ESS adapter, epochs", self.config.epochs) as advance:
             adapter, history = train_adapter(
                 data, scenes[0].text_features, self.config, on_epoch=lambda e, loss: advance(status=f"loss {loss:.4f}")

@@ -48,11 +48,13 @@ def ess_loss(
     logits: Float[Tensor, "N C"], pseudo: Int[Tensor, "N"], class_weights: Optional[Float[Tensor, "C"]] = None
 ) -> Tensor:
     """Cross-entropy to the pseudo labels, optionally class-weighted (the weighted mean over
-    points); unlabelled points (``IGNORE``) are left out. A batch without any labelled point gives
-    0 (with a gradient), not NaN."""
+    points); unlabelled points (``IGNORE``) are left out. A batch without any labelled point, or
+    whose labelled points all weigh 0, gives 0 (with a gradient), not NaN."""
     labelled = pseudo != IGNORE
     if not bool(labelled.any()):
         return logits.sum() * 0.0
+    if class_weights is not None and not bool(class_weights[pseudo[labelled]].any()):
+        return logits.sum() * 0.0  # every labelled point weighs 0: the weighted mean would be 0/0
     return F.cross_entropy(logits[labelled], pseudo[labelled], weight=class_weights)
 
 
@@ -113,6 +115,21 @@ class EssConfig:
     without ground truth (docs/vlg.md)."""
     seed: int = 0
 
+    def check(self) -> None:
+        """Raises ``ValueError`` naming the first setting that cannot train an adapter."""
+        whole = {
+            "epochs": self.epochs,
+            "step_size": self.step_size,
+            "scenes_per_batch": self.scenes_per_batch,
+            "points_per_scene": self.points_per_scene,
+            "batches_per_epoch": 1 if self.batches_per_epoch is None else self.batches_per_epoch,
+        }
+        for name, value in whole.items():
+            if value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1; got {value}")
+        if self.class_balance < 0:
+            raise ValueError(f"class-balance must be >= 0 (0: the official unweighted loss); got {self.class_balance}")
+
 
 @dataclass
 class EssScene:
@@ -150,6 +167,7 @@ def train_adapter(
     and the mean loss of each epoch."""
     if not scenes:
         raise ValueError("ESS needs at least one scene")
+    config.check()
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     adapter = Adapter(text_features)
