@@ -19,7 +19,7 @@ from torch import Tensor
 from nerfstudio.engine.trainer import Trainer
 from nerfstudio.utils import writer
 
-from ovs3d_nerfstudio.evaluation import confusions, pooled_class_iou
+from ovs3d_nerfstudio.evaluation import confusions, pooled_class_iou, segmentation_metrics
 
 
 def seed_everything(seed: int) -> None:
@@ -73,7 +73,8 @@ def train_in_process(trainer: Trainer, before_train: Optional[Callable[[Trainer]
 
 def evaluate(pipeline, on_view: Optional[Callable[[Tensor, Tensor], None]] = None) -> Dict[str, Any]:
     """``pipeline.get_average_eval_image_metrics()`` (what ``ns-eval`` reports) plus per-class
-    IoU and confusions from the same renders, which the model hands to its eval-view listeners.
+    IoU, confusions and each view's mIoU from the same renders, which the model hands to its
+    eval-view listeners.
     ``on_view(predicted, truth)`` also sees each annotated view's label maps."""
     model = pipeline.model
     pairs: List[Tuple[Tensor, Tensor]] = []
@@ -99,5 +100,6 @@ def evaluate(pipeline, on_view: Optional[Callable[[Tensor, Tensor], None]] = Non
         "num_views": len(pairs),
         "per_class_iou": pooled_class_iou(pairs, labels),
         "confusion": confusions(pairs, labels),
+        "per_view_miou": [segmentation_metrics(predicted, truth, len(labels))["miou"] for predicted, truth in pairs],
         "eval_seconds": time.perf_counter() - start,
     }

@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks.lab.methods import BASELINE, BASELINE_RDA, METHODS, SPLAT_METHODS
 from benchmarks.lab.reports import format_table
-from benchmarks.lab.runner import run_benchmark
+from benchmarks.lab.runner import ResumeError, run_benchmark
 from ovs3d_nerfstudio.synthetic.profiles import PROFILES, SYNTHETIC_CLIP, SYNTHETIC_DINO, Profile, cli_flags
 
 from tiny_run import TINY_TRAINING, tiny_schedule
@@ -82,6 +82,9 @@ def test_table_has_every_requested_row_with_finite_scores(miniature):
             assert math.isfinite(row[column]) and 0.0 <= row[column] <= 1.0, (name, column, row[column])
         assert row["num_views"] == 5
         assert set(row["per_class_iou"]) == set(result["labels"])
+        # Each view's mIoU (where a row loses one view, it shows here); their mean is the row's mIoU.
+        assert len(row["per_view_miou"]) == 5
+        assert sum(row["per_view_miou"]) / 5 == pytest.approx(row["miou"], abs=1e-6), name
     for name in NERF_ROWS + SPLAT_ROWS:
         assert math.isfinite(result["rows"][name]["psnr"])
     table = printed[-1]
@@ -98,6 +101,26 @@ def test_json_holds_the_same_results_and_the_commands(miniature):
     assert "--pipeline.datamanager.pyramid.patch-fractions 0.142857" in written["commands"]["single_scale"]
     assert written["profile"]["name"] == "tiny"
     assert written["load_average_start"] and written["timings"]["total_seconds"] > 0
+
+
+def test_a_resumed_file_gets_new_rows_from_its_recorded_reconstruction(miniature, tmp_path):
+    result, out, _ = miniature
+    earlier = json.loads(out.read_text())
+    printed = []
+    resumed_out = tmp_path / "resumed.json"
+    workdir = Path(result["reconstruction"]["checkpoint"]).parents[5]
+    resumed = run_benchmark("fruit_lawn", TINY, ("no_fda",), workdir, seed=0, out=resumed_out, echo=printed.append, resume=earlier)
+    assert any("reusing" in line for line in printed) and not any("shared by its rows" in line for line in printed)
+    assert resumed["reconstruction"] == earlier["reconstruction"]  # not trained again
+    assert resumed["rows"]["no_fda"]["loss_curve"][0]["step"] == RECONSTRUCTION
+    assert "fda_pos" not in resumed["rows"]["no_fda"]["loss_curve"][-1]
+    for name, row in earlier["rows"].items():
+        assert json.loads(resumed_out.read_text())["rows"][name] == row  # earlier rows kept as they were
+    assert resumed["resumed"][-1]["rows"] == ["no_fda"]
+    with pytest.raises(ResumeError, match="seed 0, not 1"):
+        run_benchmark("fruit_lawn", TINY, ("no_fda",), workdir, seed=1, resume=earlier)
+    with pytest.raises(ResumeError, match="'width'"):
+        run_benchmark("fruit_lawn", dataclasses.replace(TINY, width=80), ("no_fda",), workdir, seed=0, resume=earlier)
 
 
 def test_trained_rows_resume_from_the_shared_reconstruction(miniature):
@@ -186,7 +209,7 @@ def test_method_flags_are_the_ablation_flags_of_the_cli():
     assert cli_flags(METHODS["full"]) == []
     assert cli_flags(METHODS["distill_only"]) == ["--pipeline.model.use-rda", "False", "--pipeline.model.use-fda", "False"]
     assert cli_flags(METHODS["full_official"]) == ["--pipeline.model.variant", "official"]
-    assert cli_flags(METHODS["full_all_views"]) == ["--pipeline.datamanager.clip-view-fraction", "1.0"]
+    assert cli_flags(METHODS["full_half_views"]) == ["--pipeline.datamanager.clip-view-fraction", "0.5"]
     assert cli_flags(SPLAT_METHODS["splat_full"]) == []
     assert cli_flags(SPLAT_METHODS["splat_distill_only"]) == cli_flags(METHODS["distill_only"])
 

@@ -125,3 +125,12 @@ def test_mixed_token_sizes_are_parsed_or_refused_in_one_line():
     for bad in ("160", "axb", "4x4"):
         with pytest.raises(argparse.ArgumentTypeError, match="WIDTHxHEIGHT|8x8"):
             image_size(bad)
+
+
+def test_view_table_lists_each_annotated_views_miou_of_the_rows_that_have_them():
+    from benchmarks.synthetic_tables import view_table
+
+    scene = result("a", {"baseline_2d": 0.40, "full": 0.60}, {"baseline_2d": {"ball": 0.5}, "full": {"ball": 0.6}})
+    scene["rows"]["full"]["per_view_miou"] = [0.7, 0.094, 0.65]
+    lines = view_table([scene]).splitlines()
+    assert lines[2:] == ["| a | `full` | 0.70, 0.09, 0.65 |"]  # baseline_2d has no per-view entry: no line

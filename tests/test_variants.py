@@ -14,6 +14,16 @@ def test_paper_and_official_differ_in_every_option_but_the_new_ones():
     assert (paper.rda_logits, paper.fda_divergence, paper.patch_rays_per_token) == ("cosine", "js", 8)
 
 
+def test_default_takes_the_papers_divergence_and_views_and_the_two_changes_beyond_both():
+    default, paper, official = VARIANTS["default"], VARIANTS["paper"], VARIANTS["official"]
+    from_paper = {"fda_divergence", "clip_view_fraction"}
+    for name in set(OPTION_NAMES) - from_paper - set(BEYOND_PAPER):
+        assert getattr(default, name) == getattr(official, name), name
+    for name in from_paper:
+        assert getattr(default, name) == getattr(paper, name) != getattr(official, name), name
+    assert (default.selection_training, default.rda_target) == ("dino-purity", "sharpened")
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_unset_options_follow_the_variant(variant):
     assert resolve_options(variant) == VARIANTS[variant]

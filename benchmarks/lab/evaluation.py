@@ -63,5 +63,6 @@ def baseline_2d(config: TrainerConfig, normalized_relevancy: bool = False) -> Di
         "num_views": len(per_view),
         "per_class_iou": pooled_class_iou(pairs, labels),
         "confusion": confusions(pairs, labels),
+        "per_view_miou": [m["miou"] for m in per_view],
         "eval_seconds": time.perf_counter() - start,
     }

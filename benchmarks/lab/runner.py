@@ -58,17 +58,23 @@ def _train_rows(
     result: Dict[str, Any],
     save: Callable[[], None],
     echo: Callable[[str], None],
+    reuse_reconstruction: bool = False,
 ) -> None:
     """Trains ``method``'s reconstruction stage once, then each row's segmentation stage from it,
     and adds the results to ``result`` (the NeRF reconstruction under ``reconstruction``, the
-    splat one under ``splat_reconstruction``)."""
+    splat one under ``splat_reconstruction``). With ``reuse_reconstruction``, a reconstruction
+    checkpoint that ``result`` already records (a resumed results file) is used instead."""
     splat = method == SPLAT_METHOD
     stage = "splat_reconstruction" if splat else "reconstruction"
     reconstruction_steps, frozen_steps, joint_steps = profile.steps(method)
     config = build_config(profile, {}, scene, workdir, stage, method)
     device = config.machine.device_type
     checkpoint: Optional[Path] = None
-    if reconstruction_steps > 0:
+    recorded = result.get(stage, {}).get("checkpoint") if reuse_reconstruction else None
+    if recorded is not None and Path(recorded).is_file():
+        checkpoint = Path(recorded)
+        echo(f"{method} reconstruction stage: reusing {checkpoint}")
+    elif reconstruction_steps > 0:
         echo(f"{method} reconstruction stage ({reconstruction_steps} steps, shared by its rows)")
         config.max_num_iterations = reconstruction_steps
         memory = PeakMemory(device)
@@ -128,11 +134,15 @@ def run_benchmark(
     seed: int = 0,
     out: Optional[Path] = None,
     echo: Callable[[str], None] = print,
+    resume: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Writes the scene, scores the requested rows and returns (and writes to ``out``) the results.
 
     Trained rows of one method share one reconstruction stage (module docstring); the JSON is rewritten
-    after every row, so an interrupted run keeps what it finished.
+    after every row, so an interrupted run keeps what it finished. ``resume``, an earlier result of
+    the same scene, seed and profile, is extended instead: the requested rows are (re)scored into
+    it and its recorded reconstruction checkpoints are reused, so added rows train from the same
+    reconstruction as the rows already there.
     """
     unknown = [row for row in rows if row not in ROWS]
     if unknown:
@@ -154,6 +164,13 @@ def run_benchmark(
         "commands": {},
         "timings": {},
     }
+    if resume is not None:
+        check_resumable(resume, result)
+        result = {**resume, "rows": dict(resume["rows"]), "commands": dict(resume.get("commands", {}))}
+        result.setdefault("resumed", []).append(
+            {"rows": list(rows), "code": code_version(), "load_average_start": load_average(), "machine": machine_description(
+                profile.overrides.get("machine.device_type", "cuda"))}
+        )
 
     def save() -> None:
         if out is not None:
@@ -175,10 +192,46 @@ def run_benchmark(
     for method, table in VARIANT_METHODS.items():
         trained = [row for row in ROWS if row in rows and row in table]
         if trained:
-            _train_rows(method, trained, profile, scene, workdir, result, save, lambda line: echo(f"[{scene_name}/{profile.name}] {line}"))
+            prefixed = lambda line: echo(f"[{scene_name}/{profile.name}] {line}")  # noqa: E731
+            _train_rows(method, trained, profile, scene, workdir, result, save, prefixed, reuse_reconstruction=resume is not None)
 
+    if resume is not None:
+        result["resumed"][-1]["total_seconds"] = time.perf_counter() - started
+        result["resumed"][-1]["load_average_end"] = load_average()
+        save()
+        echo(format_table(result["rows"]))
+        return result
     result["timings"]["total_seconds"] = time.perf_counter() - started
     result["load_average_end"] = load_average()
     save()
     echo(format_table(result["rows"]))
     return result
+
+
+class ResumeError(ValueError):
+    """An earlier results file that a run cannot extend."""
+
+
+def check_resumable(earlier: Dict[str, Any], fresh: Dict[str, Any]) -> None:
+    """Raises :class:`ResumeError` naming what differs between an earlier result and the run about to
+    extend it, where that would make their rows incomparable: the scene, the seed, or a profile
+    setting of a method whose reconstruction the earlier result holds (the description is prose;
+    a method without a recorded reconstruction trains a new one with the current settings)."""
+    for key in ("scene", "seed"):
+        if earlier.get(key) != fresh[key]:
+            raise ResumeError(
+                f"the results file to resume has {key} {earlier.get(key)!r}, not {fresh[key]!r}: resume it with "
+                "the same --scene and --seed, or write a new file with --out"
+            )
+    ignored = {"description"}
+    if "reconstruction" not in earlier:
+        ignored.add("overrides")
+    if "splat_reconstruction" not in earlier:
+        ignored.add("splat_overrides")
+    profile = earlier.get("profile", {})
+    for key, value in fresh["profile"].items():
+        if key not in ignored and profile.get(key) != value:
+            raise ResumeError(
+                f"the results file to resume was run with another profile setting '{key}': its rows would not "
+                "compare with new ones; run the scene again with --out"
+            )
