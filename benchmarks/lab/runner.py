@@ -221,7 +221,7 @@ def check_resumable(earlier: Dict[str, Any], fresh: Dict[str, Any]) -> None:
         if earlier.get(key) != fresh[key]:
             raise ResumeError(
                 f"the results file to resume has {key} {earlier.get(key)!r}, not {fresh[key]!r}: resume it with "
-                "the same --scene and --seed, or write a new file with --out"
+                "the same --scene and --seed, or run the scene without --resume"
             )
     ignored = {"description"}
     if "reconstruction" not in earlier:
@@ -233,5 +233,5 @@ def check_resumable(earlier: Dict[str, Any], fresh: Dict[str, Any]) -> None:
         if key not in ignored and profile.get(key) != value:
             raise ResumeError(
                 f"the results file to resume was run with another profile setting '{key}': its rows would not "
-                "compare with new ones; run the scene again with --out"
+                "compare with new ones; run the scene again without --resume"
             )
