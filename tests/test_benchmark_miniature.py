@@ -119,6 +119,8 @@ def test_a_resumed_file_gets_new_rows_from_its_recorded_reconstruction(miniature
     assert resumed["resumed"][-1]["rows"] == ["no_fda"]
     with pytest.raises(ResumeError, match="seed 0, not 1"):
         run_benchmark("fruit_lawn", TINY, ("no_fda",), workdir, seed=1, resume=earlier)
+    with pytest.raises(ResumeError, match="not a results file"):
+        run_benchmark("fruit_lawn", TINY, ("no_fda",), workdir, seed=0, resume=[earlier])
     with pytest.raises(ResumeError, match="'width'"):
         run_benchmark("fruit_lawn", dataclasses.replace(TINY, width=80), ("no_fda",), workdir, seed=0, resume=earlier)
 

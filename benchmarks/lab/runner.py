@@ -75,6 +75,8 @@ def _train_rows(
         checkpoint = Path(recorded)
         echo(f"{method} reconstruction stage: reusing {checkpoint}")
     elif reconstruction_steps > 0:
+        if recorded is not None:
+            echo(f"{method} reconstruction stage: the recorded {recorded} is gone, training it again")
         echo(f"{method} reconstruction stage ({reconstruction_steps} steps, shared by its rows)")
         config.max_num_iterations = reconstruction_steps
         memory = PeakMemory(device)
@@ -166,11 +168,9 @@ def run_benchmark(
     }
     if resume is not None:
         check_resumable(resume, result)
+        addition = {key: result[key] for key in ("code", "load_average_start", "machine")}
         result = {**resume, "rows": dict(resume["rows"]), "commands": dict(resume.get("commands", {}))}
-        result.setdefault("resumed", []).append(
-            {"rows": list(rows), "code": code_version(), "load_average_start": load_average(), "machine": machine_description(
-                profile.overrides.get("machine.device_type", "cuda"))}
-        )
+        result["resumed"] = [*resume.get("resumed", []), {"rows": list(rows), **addition}]
 
     def save() -> None:
         if out is not None:
@@ -195,14 +195,12 @@ def run_benchmark(
             prefixed = lambda line: echo(f"[{scene_name}/{profile.name}] {line}")  # noqa: E731
             _train_rows(method, trained, profile, scene, workdir, result, save, prefixed, reuse_reconstruction=resume is not None)
 
-    if resume is not None:
-        result["resumed"][-1]["total_seconds"] = time.perf_counter() - started
-        result["resumed"][-1]["load_average_end"] = load_average()
-        save()
-        echo(format_table(result["rows"]))
-        return result
-    result["timings"]["total_seconds"] = time.perf_counter() - started
-    result["load_average_end"] = load_average()
+    elapsed = time.perf_counter() - started
+    if resume is None:
+        result["timings"]["total_seconds"] = elapsed
+        result["load_average_end"] = load_average()
+    else:
+        result["resumed"][-1].update(total_seconds=elapsed, load_average_end=load_average())
     save()
     echo(format_table(result["rows"]))
     return result
@@ -217,6 +215,8 @@ def check_resumable(earlier: Dict[str, Any], fresh: Dict[str, Any]) -> None:
     extend it, where that would make their rows incomparable: the scene, the seed, or a profile
     setting of a method whose reconstruction the earlier result holds (the description is prose;
     a method without a recorded reconstruction trains a new one with the current settings)."""
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("rows"), dict):
+        raise ResumeError("the file to resume is not a results file of run_synthetic.py (no 'rows')")
     for key in ("scene", "seed"):
         if earlier.get(key) != fresh[key]:
             raise ResumeError(
