@@ -19,6 +19,8 @@ metrics on the five annotated views with the ns-eval metric function):
     esgs_no_adapter     the U-Net distilled from the fused features, no ESS; from points alone
     esgs                the full method, from points alone, no mask (the official evaluation)
     esgs_masked         the full method with the scene mask
+    esgs_official       (and _masked) the full method with the official ESGS loss, the cosine
+                        alone, when the profile adds the class term (docs/vlg.md, stage 3)
     ovs3d_field         the ovs3d field's 2D mIoU on the same held-out scenes, read from
                         benchmarks/results/<layout>_<profile>.json (run_synthetic.py) when present
 
@@ -43,11 +45,14 @@ import json
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 # Runs as a script from any directory: make the repository's packages importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -93,6 +98,9 @@ class Profile:
     ess: EssConfig
     esg: EsgOptions
     tta: int
+    workers: int = 1
+    """Processes (one torch thread each) that prepare scenes and train side-by-side models at
+    once."""
 
 
 PROFILES: Dict[str, Profile] = {
@@ -103,7 +111,8 @@ PROFILES: Dict[str, Profile] = {
             "0.1 rays per pixel, 3 cm voxels, ESS at the paper's settings and its step count on ScanNet (76 "
             "batches per epoch, 6,080 steps; one pass over 12 scenes is 1 batch, too few to fit: docs/vlg.md) "
             "with 4,000 points per scene, class-balanced (and the official unweighted loss side by side), MinkUNet18A at half width "
-            "for 30 passes over the training scenes (90 steps of 4 scenes), 2 TTA passes"
+            "for 60 passes over the training scenes (180 steps of 4 scenes) at lr 3e-3 for the short schedule, with the "
+            "class term (and the official cosine alone side by side, timed apart), 2 TTA passes, 2 processes"
         ),
         train_seeds=3,
         image_size=(160, 120),
@@ -111,8 +120,9 @@ PROFILES: Dict[str, Profile] = {
         rays_per_pixel=0.1,
         voxel_size=0.03,
         ess=EssConfig(batches_per_epoch=76, points_per_scene=4000),
-        esg=EsgOptions(architecture="MinkUNet18A", width_divisor=2, epochs=30),
+        esg=EsgOptions(architecture="MinkUNet18A", width_divisor=2, epochs=60, lr=3e-3),
         tta=2,
+        workers=2,
     ),
     "gpu": Profile(
         name="gpu",
@@ -130,6 +140,7 @@ PROFILES: Dict[str, Profile] = {
         ess=EssConfig(batches_per_epoch=76),
         esg=EsgOptions(architecture="MinkUNet18A", epochs=100),
         tta=5,
+        workers=2,
     ),
     "smoke": Profile(
         name="smoke",
@@ -141,6 +152,7 @@ PROFILES: Dict[str, Profile] = {
         voxel_size=0.08,
         ess=EssConfig(epochs=3),
         esg=EsgOptions(width_divisor=8, epochs=2),
+        workers=1,
         tta=1,
     ),
 }
@@ -159,13 +171,55 @@ def scene_name(layout: str, seed: int) -> str:
     return f"{layout}_s{seed}"
 
 
+@dataclass(frozen=True)
+class PrepareJob:
+    """Stage 1 of one scene, for a worker process (returns the name, not the scene)."""
+
+    prepare: Prepare
+
+    def main(self) -> str:
+        return self.prepare.prepare().name
+
+
+@dataclass(frozen=True)
+class OfficialEssJob:
+    """The adapter at the profile's settings but with the official unweighted loss."""
+
+    work: Path
+    train: Tuple[str, ...]
+    ess: EssConfig
+
+    def main(self):
+        scenes = Workspace(self.work).load_scenes(self.train)
+        official = dataclasses.replace(self.ess, class_balance=0.0)
+        adapter, _ = train_adapter(ess_training_data(scenes), scenes[0].text_features, official)
+        return adapter
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _main(job):
+    return job.main()
+
+
+def in_parallel(jobs: Sequence, workers: int) -> List:
+    """Every job's ``main()``, in ``workers`` processes of one torch thread each (here when 1)."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [job.main() for job in jobs]
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=_one_thread) as pool:
+        return list(pool.map(_main, jobs))
+
+
 def prepare_all(profile: Profile, layouts: Sequence[str], work: Path, vocabulary_file: Path) -> Dict[str, List[str]]:
     pyramid = PyramidConfig(patch_fractions=(0.5, 0.34, 0.25)) if profile.name == "smoke" else PyramidConfig()
     split: Dict[str, List[str]] = {"train": [], "held_out": []}
+    jobs = []
     for layout in layouts:
         for seed in [HELD_OUT_SEED, *range(1, profile.train_seeds + 1)]:
             name = scene_name(layout, seed)
-            Prepare(
+            jobs.append(PrepareJob(Prepare(
                 work=work,
                 procedural=layout,
                 seed=seed,
@@ -177,17 +231,10 @@ def prepare_all(profile: Profile, layouts: Sequence[str], work: Path, vocabulary
                 pyramid=pyramid,
                 ray_downscale=profile.ray_downscale,
                 cache_dir=work / "cache",
-            ).prepare()
+            )))
             split["held_out" if seed == HELD_OUT_SEED else "train"].append(name)
+    in_parallel(jobs, profile.workers)
     return split
-
-
-def official_adapter(work: Path, train: Sequence[str], ess: EssConfig):
-    """The adapter at the profile's settings but with the official unweighted loss."""
-    scenes = Workspace(work).load_scenes(train)
-    official = dataclasses.replace(ess, class_balance=0.0)
-    adapter, _ = train_adapter(ess_training_data(scenes), scenes[0].text_features, official)
-    return adapter
 
 
 def add_official_ess_row(scene: Dict, work: Path, name: str, adapter) -> None:
@@ -244,44 +291,52 @@ def run(profile: Profile, work: Path, layouts: Sequence[str] = LAYOUTS) -> Dict:
     split = prepare_all(profile, layouts, work, vocabulary_file)
     timings["prepare"] = time.perf_counter() - start
 
+    train = tuple(split["train"])
     mark = time.perf_counter()
-    Ess(work=work, scenes=tuple(split["train"]), config=profile.ess).main()
-    timings["ess"] = time.perf_counter() - mark
-    official = None
+    jobs: List = [Ess(work=work, scenes=train, config=profile.ess)]
     if profile.ess.class_balance:
+        jobs.append(OfficialEssJob(work, train, profile.ess))
+    official = in_parallel(jobs, profile.workers)[1:]
+    timings["ess" + (" + ess_official side by side" if official else "")] = time.perf_counter() - mark
+
+    networks = {"esgs": work / "esgs.pt", "esgs_no_adapter": work / "esgs_no_adapter.pt"}
+    mark = time.perf_counter()
+    in_parallel(
+        [
+            Esg(work=work, scenes=train, voxel_size=profile.voxel_size, options=profile.esg, network=networks["esgs"]),
+            Esg(work=work, scenes=train, voxel_size=profile.voxel_size, options=profile.esg, targets="fused",
+                network=networks["esgs_no_adapter"]),
+        ],
+        profile.workers,
+    )
+    timings["esgs + esgs_no_adapter side by side"] = time.perf_counter() - mark
+    if profile.esg.class_weight:
+        # The official loss (cosine alone) at the same settings: the row that justifies the class
+        # term; timed on its own, so the required rows' time is the total without it.
+        networks["esgs_official"] = work / "esgs_official.pt"
+        official_loss = dataclasses.replace(profile.esg, class_weight=0.0)
         mark = time.perf_counter()
-        official = official_adapter(work, split["train"], profile.ess)
-        timings["ess_official"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    Esg(work=work, scenes=tuple(split["train"]), voxel_size=profile.voxel_size, options=profile.esg).main()
-    timings["esgs"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    no_adapter = work / "esgs_no_adapter.pt"
-    Esg(
-        work=work,
-        scenes=tuple(split["train"]),
-        voxel_size=profile.voxel_size,
-        targets="fused",
-        network=no_adapter,
-        options=profile.esg,
-    ).main()
-    timings["esgs_no_adapter"] = time.perf_counter() - mark
+        Esg(work=work, scenes=train, voxel_size=profile.voxel_size, options=official_loss,
+            network=networks["esgs_official"]).main()
+        timings["side row: esgs_official"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     per_scene = []
     for name in split["held_out"]:
         folder = work / "predictions" / name
         common = dict(work=work, scene=name, tta=profile.tta, overwrite=True)
-        metrics = Predict(**common, output=folder / "esgs").main()
-        masked = Predict(**common, mask_scene_labels=True, output=folder / "esgs_masked").main()
-        bare = Predict(**common, output=folder / "no_adapter", network=no_adapter).main()
+        metrics = Predict(**common, output=folder / "esgs", network=networks["esgs"]).main()
         scene = {"name": name, "points": dict(metrics["points"]), "views_2d": dict(metrics["views_2d"])}
-        scene["points"]["esgs_masked"] = masked["points"]["esgs"]
-        scene["views_2d"]["esgs_masked"] = masked["views_2d"]["esgs"]
-        scene["points"]["esgs_no_adapter"] = bare["points"]["esgs"]
-        scene["views_2d"]["esgs_no_adapter"] = bare["views_2d"]["esgs"]
-        if official is not None:
-            add_official_ess_row(scene, work, name, official)
+        for row, network in networks.items():
+            for masked in (False, True) if row != "esgs_no_adapter" else (False,):
+                key = row + ("_masked" if masked else "")
+                if key == "esgs":
+                    continue
+                result = Predict(**common, mask_scene_labels=masked, output=folder / key, network=network).main()
+                scene["points"][key] = result["points"]["esgs"]
+                scene["views_2d"][key] = result["views_2d"]["esgs"]
+        if official:
+            add_official_ess_row(scene, work, name, official[0])
         scene["views_2d"]["teacher_2d"] = scene["views_2d"].pop("teacher")
         scene["views_2d"]["teacher_2d_masked"] = scene["views_2d"].pop("teacher_masked")
         per_scene.append(scene)

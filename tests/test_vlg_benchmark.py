@@ -31,10 +31,15 @@ def test_smoke_profile_runs_every_row(tmp_path: Path):
     assert result["vocabulary"] == union_vocabulary(layouts, 48, 36)
     assert len(result["vocabulary"]) > len(set(result["vocabulary"][:6]))  # a union, larger than one scene's
     rows = result["rows"]
-    for row in ("esgs", "esgs_masked", "esgs_no_adapter", "pseudo_labels", "fusion_unmasked", "ess", "ess_official"):
+    rows_with_points = (
+        "esgs", "esgs_masked", "esgs_no_adapter", "esgs_official", "esgs_official_masked",
+        "pseudo_labels", "fusion_unmasked", "ess", "ess_official",
+    )
+    for row in rows_with_points:
         assert 0.0 <= rows[row]["points"]["miou"] <= 1.0 and 0.0 <= rows[row]["2d"]["miou"] <= 1.0
     assert set(rows["teacher_2d"]) == {"2d"} and set(rows["teacher_2d_masked"]) == {"2d"}
     assert "ovs3d_field" not in rows  # no run_synthetic result at the smoke size
     assert [v["id"] for v in result["criteria"]] == ["C1", "C2", "C3"]
     assert all(isinstance(v["passed"], bool) for v in result["criteria"])
     assert len(result["per_scene"]) == 2 and result["timings_seconds"]["total"] > 0
+    assert result["timings_seconds"]["side row: esgs_official"] > 0  # timed apart from the required rows

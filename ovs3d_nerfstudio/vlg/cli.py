@@ -36,7 +36,7 @@ from .esgs import EsgsConfig, EsgsScene, predict_embeddings, train_esgs
 from .evaluate import annotated_views_metrics, point_metrics, teacher_metrics
 from .fusion import DepthProvider, fusion_logits, pseudo_labels
 from .minkunet import MinkUNetSpec, resolve_architecture
-from .outputs import label_points, prepare_folder, write_json, write_prediction
+from .outputs import CLIP_LOGIT_SCALE, label_points, prepare_folder, write_json, write_prediction
 from .points import (
     LabelledPoints,
     nerfstudio_sparse_points,
@@ -248,7 +248,7 @@ class Ess:
 
 @dataclass
 class EsgOptions:
-    """The 3D U-Net and its training (official settings but the length)."""
+    """The 3D U-Net and its training (official settings but the length and the class term)."""
 
     architecture: str = "MinkUNet18A"
     """MinkUNet14A, MinkUNet18A (the paper's) or MinkUNet34C."""
@@ -260,6 +260,9 @@ class EsgOptions:
     augment: bool = True
     seed: int = 0
     backend: str = "torch"
+    class_weight: float = 1.0
+    """Weight of the class term beside the cosine (0: the paper's and official loss, the cosine
+    alone; see docs/vlg.md, stage 3)."""
 
     def spec(self) -> MinkUNetSpec:
         base = resolve_architecture(self.architecture)
@@ -273,7 +276,7 @@ class EsgOptions:
     def config(self) -> EsgsConfig:
         return EsgsConfig(
             architecture=self.spec(), epochs=self.epochs, lr=self.lr, scenes_per_batch=self.scenes_per_batch,
-            augment=self.augment, seed=self.seed, backend=self.backend,
+            augment=self.augment, seed=self.seed, backend=self.backend, class_weight=self.class_weight,
         )
 
 
@@ -312,21 +315,31 @@ class Esg:
             adapter, vocabulary = load_adapter(workspace)
             if vocabulary != scenes[0].vocabulary:
                 raise UserFacingError("the adapter was trained with another vocabulary: run 'ovs3d-vlg ess' on these scenes")
-            embed, text = adapter, adapter.text
+            embed, text, logit_scale = adapter, adapter.text, 1.0
         else:
-            embed, text = (lambda fused: fused), torch.nn.functional.normalize(scenes[0].text_features, dim=1)
+            embed = lambda fused: torch.nn.functional.normalize(fused, dim=1)  # noqa: E731
+            text = torch.nn.functional.normalize(scenes[0].text_features, dim=1)
+            logit_scale = CLIP_LOGIT_SCALE
         vocabulary = scenes[0].vocabulary
         data = []
         for scene in scenes:
             with torch.no_grad():
-                targets = torch.nn.functional.normalize(embed(scene.fused.float()), dim=1).half()
+                embedded = embed(scene.fused.float())
+                targets = torch.nn.functional.normalize(embedded, dim=1).half()
+                # The class distribution each stage labels with: the adapter's logits as ESS
+                # trained them, the fused features' cosines at CLIP's temperature.
+                classes = torch.softmax(logit_scale * embedded @ text.T, dim=1).half() if self.options.class_weight else None
             voxel_size = scene_voxel_size(scene, self.voxel_size)
-            data.append(EsgsScene(scene.xyz, scene.colours, targets, scene.covered, scene.up, voxel_size))
+            data.append(EsgsScene(scene.xyz, scene.colours, targets, scene.covered, scene.up, voxel_size, classes))
         config = self.options.config()
         total = config.epochs * math.ceil(len(data) / config.scenes_per_batch)
         with progress_bar("ESGS 3D U-Net, steps", total) as advance:
             network, history = train_esgs(
-                data, text.shape[1], config, on_step=lambda step, total, loss: advance(status=f"loss {loss:.4f}")
+                data,
+                text.shape[1],
+                config,
+                on_step=lambda step, total, loss: advance(status=f"loss {loss:.4f}"),
+                text=text,
             )
         path = save_network(
             self.network or workspace.network_path,
