@@ -144,6 +144,17 @@ def sample_labelled_points(
     return {key: torch.cat(values)[:num_points] for key, values in found.items()}
 
 
+def opaque_gaussians(model: Ovs3dSplatModel, opacity_threshold: float, count: int, seed: int) -> Tensor:
+    """Indices of up to ``count`` random Gaussians whose own opacity exceeds the threshold (the
+    splat model's surface points); none is a one-line error."""
+    opaque = torch.sigmoid(model.gauss_params["opacities"].detach().float().cpu()[:, 0]) > opacity_threshold
+    chosen = torch.nonzero(opaque)[:, 0]
+    chosen = chosen[torch.randperm(len(chosen), generator=torch.Generator().manual_seed(seed))[:count]]
+    if len(chosen) == 0:
+        raise UserFacingError(f"no Gaussian has opacity above {opacity_threshold}: lower --opacity-threshold")
+    return chosen
+
+
 SH_C0 = 0.28209479177387814
 """The degree-0 spherical harmonic: splat viewers show the colour ``0.5 + SH_C0 * f_dc``."""
 
@@ -259,11 +270,7 @@ class ExportLabelledPointCloud:
         comment = "ovs3d-splat Gaussians: label i is line i of labels.txt"
         for name, shown in (("splat_labels.ply", colours[label_ids]), ("splat_rgb.ply", rgb)):
             write_ply(self.output_dir / name, splat_records(model, shown, label_ids), comments=[comment])
-        opaque = torch.sigmoid(model.gauss_params["opacities"].detach().float().cpu()[:, 0]) > self.opacity_threshold
-        chosen = torch.nonzero(opaque)[:, 0]
-        chosen = chosen[torch.randperm(len(chosen), generator=torch.Generator().manual_seed(self.seed))[: self.num_points]]
-        if len(chosen) == 0:
-            raise UserFacingError(f"no Gaussian has opacity above {self.opacity_threshold}: lower --opacity-threshold")
+        chosen = opaque_gaussians(model, self.opacity_threshold, self.num_points, self.seed)
         positions = model.gauss_params["means"].detach().float().cpu()[chosen]
         if self.save_world_frame:
             positions = world_positions(positions, dataparser_outputs)

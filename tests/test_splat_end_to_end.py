@@ -30,6 +30,9 @@ from ovs3d_nerfstudio.export import read_ply
 from ovs3d_nerfstudio.legend_image import colours_to_uint8
 from ovs3d_nerfstudio.palette import palette
 from ovs3d_nerfstudio.splat.model import GEOMETRY_GROUPS, Ovs3dSplatModel
+from ovs3d_nerfstudio.vlg.cli import Prepare
+from ovs3d_nerfstudio.vlg.sources import field_depth, load_run
+from ovs3d_nerfstudio.vlg.views import load_views
 from test_viewer import free_port, wait_for
 from tiny_run import run_cli
 from tiny_splat_run import NUM_GAUSSIANS, RECONSTRUCTION, STEPS, ns_command, tiny_splat_train_args
@@ -267,6 +270,28 @@ def test_ovs3d_export_writes_labelled_gaussians_and_points(run: Path, labels, ru
     colours = np.stack([points["red"], points["green"], points["blue"]], axis=-1)
     np.testing.assert_array_equal(colours, palette_bytes[points["label"]])
     assert (tmp_path / "labels.txt").read_text(encoding="utf-8").splitlines() == labels
+
+
+def test_the_point_cloud_path_prepares_from_the_gaussians(run: Path, tmp_path: Path):
+    """ovs3d-vlg prepare --run on a splat run: its opaque Gaussians are the points, with their
+    colours; its rendered expected depth (already along the optical axis) is the occlusion depth."""
+    trained = load_run(run / "config.yml")
+    model = trained.pipeline.model
+    scene = Prepare(work=tmp_path, run=run / "config.yml", num_points=40, surface_opacity=0.05).prepare()
+    assert scene.info["depth"] == "field" and len(scene.xyz) == 40
+    opacity = torch.sigmoid(model.gauss_params["opacities"].detach()[:, 0])
+    means = model.gauss_params["means"].detach().double()
+    nearest = torch.cdist(torch.from_numpy(scene.xyz), means).min(dim=1)
+    assert nearest.values.max() < 1e-5 and bool((opacity[nearest.indices] > 0.05).all())
+    colours = torch.sigmoid(model.gauss_params["features_dc"].detach()[nearest.indices]).numpy()
+    np.testing.assert_allclose(scene.colours, colours, atol=1e-6)
+    # 18 steps leave many random Gaussians floating: about half pass the occlusion test (0.47).
+    assert float(scene.covered.float().mean()) > 0.25
+    views = load_views(trained.data, parser=trained.dataparser)
+    camera = trained.pipeline.datamanager.train_dataparser_outputs.cameras[0:1]
+    camera.rescale_output_resolution(1.0 / trained.ray_downscale)
+    rendered = model.get_outputs_for_camera(camera)["depth"][..., 0].double()
+    torch.testing.assert_close(field_depth(trained, views, trained.ray_downscale)(0), rendered)
 
 
 def test_ns_export_gaussian_splat_recognises_the_model(run: Path, run_entrypoint, tmp_path: Path):

@@ -132,7 +132,7 @@ def test_missing_run_is_one_line_from_the_entry_point(tmp_path: Path, monkeypatc
     assert sys.excepthook is print_user_errors
     print_user_errors(type(caught.value), caught.value, caught.value.__traceback__)
     printed = capsys.readouterr().err.splitlines()
-    assert printed == [f"ovs3d: error: no trained run at {missing}: pass the config.yml of an 'ns-train ovs3d' run"]
+    assert printed == [f"ovs3d: error: no trained run at {missing}: pass the config.yml of an 'ns-train ovs3d' or 'ns-train ovs3d-splat' run"]
 
 
 def test_label_any_ply_from_its_points_alone(trained: Path, tmp_path: Path):

@@ -69,7 +69,7 @@ class Prepare:
     image_size: Tuple[int, int] = (160, 120)
     """Width and height of a procedural scene's views."""
     run: Optional[Path] = None
-    """config.yml of a trained 'ns-train ovs3d' run of this scene: its frame, feature settings
+    """config.yml of a trained 'ns-train ovs3d' or 'ovs3d-splat' run of this scene: its frame, feature settings
     (so its cached features are reused) and, with --points run / --depth field, its surface and depth."""
     points: str = "auto"
     """'auto' (procedural: exact; a run: its surface; nerfstudio data: sparse points), 'procedural',
@@ -78,6 +78,9 @@ class Prepare:
     """Frame of a .ply given with --points: the data's original frame, or the dataparser's."""
     num_points: int = 200_000
     """Surface points sampled from a run (--points run)."""
+    surface_opacity: float = 0.5
+    """A run's surface: rays whose rendered opacity exceeds this (ovs3d), or Gaussians whose own
+    opacity does (ovs3d-splat)."""
     rays_per_pixel: float = 0.25
     """Exact points of a procedural scene: rays cast per pixel of every view."""
     depth: Literal["auto", "exact", "zbuffer", "sensor", "field"] = "auto"
@@ -137,7 +140,7 @@ class Prepare:
         """(procedural spec or None, trained run or None, scene folder)."""
         if self.run is not None:
             if not Path(self.run).is_file():  # before importing the model code, which takes seconds
-                raise UserFacingError(f"no trained run at {self.run}: pass the config.yml of an 'ns-train ovs3d' run")
+                raise UserFacingError(f"no trained run at {self.run}: pass the config.yml of an 'ns-train ovs3d' or 'ns-train ovs3d-splat' run")
             from .sources import check_same_scene, load_run
 
             run = load_run(self.run)
@@ -184,7 +187,7 @@ class Prepare:
                 raise UserFacingError("--points run needs --run RUN/config.yml")
             from .sources import run_surface_points
 
-            return run_surface_points(run, self.num_points, seed=self.seed)
+            return run_surface_points(run, self.num_points, self.surface_opacity, seed=self.seed)
         if kind == "sparse":
             return nerfstudio_sparse_points(views.data, views.transform, views.scale)
         return user_points(Path(kind), views.transform, views.scale, self.points_frame)

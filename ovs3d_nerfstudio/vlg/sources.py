@@ -1,8 +1,10 @@
-"""What a trained ``ovs3d`` run gives the point-cloud path: its surface points, its rendered
-depth for the occlusion test, and the feature settings that make its cache entries reusable.
+"""What a trained ``ovs3d`` or ``ovs3d-splat`` run gives the point-cloud path: its surface
+points, its rendered depth for the occlusion test, and the feature settings that make its cache
+entries reusable.
 
-The surface is sampled as ``ovs3d-export`` samples it (random training rays kept where the
-field is opaque, the point at the rendered depth), in the run's dataparser frame.
+The surface is sampled as ``ovs3d-export`` samples it, in the run's dataparser frame: for a
+field, random training rays kept where it is opaque, the point at the rendered depth; for
+Gaussians, the means of those whose own opacity exceeds the threshold, with their colour.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Optional
 import torch
 
 from ..errors import UserFacingError
-from ..export import sample_labelled_points
+from ..export import opaque_gaussians, sample_labelled_points
 from ..features.clip_pyramid import PyramidConfig
 from ..runs import load_ovs3d_run
+from ..splat.model import Ovs3dSplatModel
 from ..teachers.config import ClipTeacherConfig
 from .fusion import DepthProvider
 from .points import LabelledPoints
@@ -43,7 +46,7 @@ def load_run(config_path: Path) -> TrainedRun:
     """The run at ``config_path`` (its ``config.yml``); a missing file is a one-line error."""
     config_path = Path(config_path)
     if not config_path.is_file():
-        raise UserFacingError(f"no trained run at {config_path}: pass the config.yml of an 'ns-train ovs3d' run")
+        raise UserFacingError(f"no trained run at {config_path}: pass the config.yml of an 'ns-train ovs3d' or 'ns-train ovs3d-splat' run")
     pipeline = load_ovs3d_run(config_path)
     manager = pipeline.datamanager.config
     return TrainedRun(
@@ -57,8 +60,16 @@ def load_run(config_path: Path) -> TrainedRun:
 
 
 def run_surface_points(run: TrainedRun, num_points: int, opacity_threshold: float = 0.5, seed: int = 0) -> LabelledPoints:
-    """Opaque surface points of the field with their rendered colours (dataparser frame)."""
+    """Opaque surface points of the field with their rendered colours, or opaque Gaussians'
+    means with their colours (dataparser frame)."""
     model = run.pipeline.model  # type: ignore[attr-defined]
+    if isinstance(model, Ovs3dSplatModel):
+        chosen = opaque_gaussians(model, opacity_threshold, num_points, seed)
+        params = model.gauss_params
+        return LabelledPoints(
+            xyz=params["means"].detach()[chosen].double().cpu().numpy(),
+            colours=torch.sigmoid(params["features_dc"].detach()[chosen].float()).cpu().numpy(),
+        )
     cameras = run.pipeline.datamanager.train_dataparser_outputs.cameras  # type: ignore[attr-defined]
     generator = torch.Generator().manual_seed(seed)
     points = sample_labelled_points(model, cameras, num_points, opacity_threshold, 4 * num_points, generator)
@@ -70,10 +81,12 @@ def run_surface_points(run: TrainedRun, num_points: int, opacity_threshold: floa
 
 
 def field_depth(run: TrainedRun, views: SceneViews, downscale: int) -> DepthProvider:
-    """The field's rendered depth per view at the feature resolution, converted from distance
-    along the (unit) ray to depth along the optical axis."""
+    """The run's rendered depth per view at the feature resolution, along the optical axis: a
+    field renders distance along the (unit) ray, converted here; Gaussians render the expected
+    camera depth already."""
     model = run.pipeline.model  # type: ignore[attr-defined]
     cameras = run.pipeline.datamanager.train_dataparser_outputs.cameras  # type: ignore[attr-defined]
+    along_axis = isinstance(model, Ovs3dSplatModel)
 
     @torch.no_grad()
     def provider(view: int) -> torch.Tensor:
@@ -81,6 +94,8 @@ def field_depth(run: TrainedRun, views: SceneViews, downscale: int) -> DepthProv
         camera.rescale_output_resolution(1.0 / downscale)
         outputs = model.get_outputs_for_camera(camera.to(model.device))
         distance = outputs["depth"][..., 0].double().cpu()
+        if along_axis:
+            return distance
         height, width = distance.shape
         fx, fy, cx, cy = (float(value) for value in (camera.fx, camera.fy, camera.cx, camera.cy))
         x = (torch.arange(width, dtype=torch.float64) + 0.5 - cx) / fx
