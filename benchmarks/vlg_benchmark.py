@@ -130,7 +130,7 @@ PROFILES: Dict[str, Profile] = {
             "official settings: 8 training seeds x 4 layouts, 320x240 views (160x120 features), "
             "1 ray per pixel, 2 cm voxels, ESS at the paper's settings and its step count on ScanNet (76 "
             "batches per epoch), MinkUNet18A at full width for "
-            "100 passes, 5 TTA passes (the torch backend; a GPU sparse-convolution backend is open)"
+            "100 passes, 5 TTA passes (the torch backend, on CUDA tensors when a GPU is present)"
         ),
         train_seeds=8,
         image_size=(320, 240),

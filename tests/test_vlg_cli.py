@@ -121,6 +121,12 @@ def test_one_line_errors(tmp_path: Path, trained: Path):
         cli("prepare", "--work", alone)
     with pytest.raises(UserFacingError, match="without a point cloud: give --points"):
         cli("prepare", "--work", alone, "--data", trained / "data" / "lawn")
+    with pytest.raises(UserFacingError, match="'gpu' is not a device"):
+        cli("predict", "--work", trained, "--scene", "lawn", "--device", "gpu", "--output", tmp_path / "gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserFacingError, match="asks for CUDA, which this machine lacks"):
+            cli("esg", "--work", trained, "--options.device", "cuda", "--network", tmp_path / "cuda.pt")
+    assert not (tmp_path / "cuda.pt").exists()
 
 
 def test_missing_run_is_one_line_from_the_entry_point(tmp_path: Path, monkeypatch, capsys):

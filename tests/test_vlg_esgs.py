@@ -204,3 +204,28 @@ def test_class_term_run_learns_the_labels_the_cosine_misses():
         embeddings = predict_embeddings(network, xyz, colours, 0.05, scene.up)
         accuracy[weight] = ((embeddings @ text.T).argmax(dim=1).numpy() == labels).mean()
     assert accuracy[1.0] > 0.7 and accuracy[1.0] > accuracy[0.0] + 0.2, accuracy  # measured 0.82 vs 0.41
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_and_prediction_on_cuda_match_the_cpu():
+    """The same tiny run on CUDA and on the CPU: the same early losses (up to the order of CUDA's
+    atomic sums) and the same labels; the trained network comes back on the CPU."""
+    xyz, colours, targets, labels = _blobs(0)
+    text = F.normalize(torch.eye(3, 16) + 0.1, dim=1)
+    scene = EsgsScene(
+        xyz, colours, targets.half(), torch.ones(len(xyz), dtype=torch.bool), np.array([0.0, 1.0, 0.0]), 0.05,
+        class_targets=torch.softmax(10.0 * targets @ text.T, dim=1).half(),
+    )
+    runs = {}
+    for device in ("cpu", "cuda"):
+        config = EsgsConfig(architecture=TINY_UNET, epochs=20, lr=1e-2, augment=True, device=device)
+        network, history = train_esgs([scene], 16, config, text=text)
+        assert next(network.parameters()).device.type == "cpu"
+        runs[device] = (network, history)
+    # Early steps agree closely; later ones may drift apart by rounding, so they are compared by labels.
+    np.testing.assert_allclose(runs["cuda"][1][:5], runs["cpu"][1][:5], rtol=1e-3, atol=1e-4)
+    cpu_labels = (predict_embeddings(runs["cpu"][0], xyz, colours, 0.05, scene.up) @ text.T).argmax(dim=1)
+    on_cuda = runs["cuda"][0].cuda()
+    cuda_embeddings = predict_embeddings(on_cuda, xyz, colours, 0.05, scene.up, repeats=2)
+    assert cuda_embeddings.device.type == "cpu"
+    assert ((cuda_embeddings @ text.T).argmax(dim=1) == cpu_labels).float().mean() > 0.9

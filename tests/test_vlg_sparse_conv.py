@@ -230,3 +230,25 @@ def test_bad_inputs_fail_with_a_message():
     with pytest.raises(ValueError, match="not 2x finer"):
         x = SparseTensor(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 2))
         SparseConvTranspose3d(2, 2, 2)(x, x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_convolutions_on_cuda_match_the_cpu_values_and_gradients():
+    """Kernel maps, downsampling and both convolutions built from CUDA coordinates give the CPU's
+    values and gradients (the empty set included)."""
+    torch.manual_seed(0)
+    coords, features, _ = random_sparse(3)
+    down, up = SparseConv3d(3, 4, 2, stride=2), SparseConvTranspose3d(4, 3, 2, stride=2)
+    results = {}
+    for device in ("cpu", "cuda"):
+        down.to(device), up.to(device)
+        leaf = features.clone().to(device).requires_grad_(True)
+        fine = SparseTensor(coords.to(device), leaf)
+        out = up(down(fine), fine)
+        out.features.square().sum().backward()
+        results[device] = (out.features.detach().cpu(), leaf.grad.cpu(), down.weight.grad.cpu())
+        down.zero_grad(), up.zero_grad()
+    for cpu, cuda in zip(results["cpu"], results["cuda"]):
+        torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-5)
+    empty = SparseTensor(torch.zeros(0, 4, dtype=torch.long, device="cuda"), torch.zeros(0, 3, device="cuda"))
+    assert len(SparseConv3d(3, 4, 3).cuda()(empty)) == 0

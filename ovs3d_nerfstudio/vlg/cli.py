@@ -263,6 +263,8 @@ class EsgOptions:
     augment: bool = True
     seed: int = 0
     backend: str = "torch"
+    device: str = "auto"
+    """Where the network trains: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
     class_weight: float = 1.0
     """Weight of the class term beside the cosine (0: the paper's and official loss, the cosine
     alone; see docs/vlg.md, stage 3)."""
@@ -279,8 +281,24 @@ class EsgOptions:
     def config(self) -> EsgsConfig:
         return EsgsConfig(
             architecture=self.spec(), epochs=self.epochs, lr=self.lr, scenes_per_batch=self.scenes_per_batch,
-            augment=self.augment, seed=self.seed, backend=self.backend, class_weight=self.class_weight,
+            augment=self.augment, seed=self.seed, backend=self.backend, device=resolve_device(self.device),
+            class_weight=self.class_weight,
         )
+
+
+def resolve_device(name: str) -> str:
+    """'auto' is CUDA when available; a CUDA device on a machine without one is a one-line error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserFacingError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserFacingError(f"--device {name} asks for CUDA, which this machine lacks: use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserFacingError(f"--device {name}: only cpu and cuda are supported")
+    return str(device)
 
 
 def scene_voxel_size(scene: PreparedScene, voxel_size: Optional[float]) -> float:
@@ -309,6 +327,7 @@ class Esg:
     options: EsgOptions = field(default_factory=EsgOptions)
 
     def main(self) -> Path:
+        config = self.options.config()  # a bad option is refused before any loading
         workspace = Workspace(self.work)
         scenes = workspace.load_scenes(self.scenes)
         resolve_voxel_size([s.xyz for s in scenes], self.voxel_size)  # refuses automatic sizes for several scenes
@@ -334,7 +353,6 @@ class Esg:
                 classes = torch.softmax(logit_scale * embedded @ text.T, dim=1).half() if self.options.class_weight else None
             voxel_size = scene_voxel_size(scene, self.voxel_size)
             data.append(EsgsScene(scene.xyz, scene.colours, targets, scene.covered, scene.up, voxel_size, classes))
-        config = self.options.config()
         total = config.epochs * math.ceil(len(data) / config.scenes_per_batch)
         with progress_bar("ESGS 3D U-Net, steps", total) as advance:
             network, history = train_esgs(
@@ -377,12 +395,16 @@ class Predict:
     """Replace an existing prediction in the output folder."""
     network: Optional[Path] = None
     """The network to predict with (default: WORK/esgs.pt)."""
+    device: str = "auto"
+    """Where the network runs: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
 
     def main(self) -> Dict:
+        device = resolve_device(self.device)
         workspace = Workspace(self.work)
         (scene,) = workspace.load_scenes([self.scene])
         folder = prepare_folder(self.output or workspace.prediction_folder(self.scene), self.overwrite)
         network, payload = load_network(self.network or workspace.network_path)
+        network.to(device)
         if payload["vocabulary"] != scene.vocabulary:
             raise UserFacingError(f"scene {scene.name} was prepared with another vocabulary than the network's")
         voxel_size = scene_voxel_size(scene, payload["voxel_size"])
@@ -421,12 +443,15 @@ class Label:
     overwrite: bool = False
     network: Optional[Path] = None
     """The network (default: WORK/esgs.pt)."""
+    device: str = "auto"
+    """Where the network runs: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
 
     def main(self) -> Dict:
         from .ply import read_ply
 
         cloud = read_ply(self.points)
         network, payload = load_network(self.network or Workspace(self.work).network_path)
+        network.to(resolve_device(self.device))  # before the output folder is touched
         vocabulary = payload["vocabulary"]
         mask = None
         if self.labels:

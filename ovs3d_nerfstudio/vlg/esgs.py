@@ -143,6 +143,8 @@ class EsgsConfig:
     augment: bool = True
     seed: int = 0
     backend: str = "torch"
+    device: str = "cpu"
+    """Where the network trains (voxelisation and augmentation stay on the CPU)."""
     class_weight: float = 1.0
     """Weight of a class term beside the cosine (beyond the paper and the official code, which
     use the cosine alone: 0): the cross-entropy from the target's class distribution over the
@@ -166,12 +168,18 @@ class EsgsScene:
     class_targets: Optional[Tensor] = None
 
 
+def network_device(network: MinkUNet) -> torch.device:
+    return next(network.parameters()).device
+
+
 def batch_forward(
     network: MinkUNet, inputs: Sequence[Tuple[Voxelization, Tensor]]
 ) -> List[Tensor]:
-    """One forward pass over several scenes; each scene's per-voxel outputs, in its voxel order."""
-    coords = batch_coordinates([voxels.coords for voxels, _ in inputs])
-    features = torch.cat([rgb for _, rgb in inputs])
+    """One forward pass over several scenes (on the network's device); each scene's per-voxel
+    outputs, in its voxel order."""
+    device = network_device(network)
+    coords = batch_coordinates([voxels.coords for voxels, _ in inputs]).to(device)
+    features = torch.cat([rgb for _, rgb in inputs]).to(device)
     out = network(SparseTensor(coords, features)).features
     return list(out.split([voxels.num_voxels for voxels, _ in inputs]))
 
@@ -179,12 +187,15 @@ def batch_forward(
 def scene_loss(
     out: Tensor, voxels: Voxelization, scene: EsgsScene, class_weight: float, text: Optional[Tensor]
 ) -> Tensor:
-    """The cosine to the scene's targets, plus ``class_weight`` times the class term."""
-    loss = voxel_cosine_loss(out, voxels.point_to_voxel, scene.targets, scene.covered)
+    """The cosine to the scene's targets, plus ``class_weight`` times the class term (on the
+    outputs' device)."""
+    device = out.device
+    point_to_voxel, covered = voxels.point_to_voxel.to(device), scene.covered.to(device)
+    loss = voxel_cosine_loss(out, point_to_voxel, scene.targets.to(device), covered)
     if class_weight > 0.0:
         assert text is not None and scene.class_targets is not None
         loss = loss + class_weight * voxel_class_loss(
-            out, text, voxels.point_to_voxel, scene.class_targets, scene.covered
+            out, text.to(device), point_to_voxel, scene.class_targets.to(device), covered
         )
     return loss
 
@@ -206,7 +217,7 @@ def train_esgs(
         raise ValueError("the class term needs the text features and every scene's class targets")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    network = MinkUNet(3, embed_dim, config.architecture, backend=config.backend)
+    network = MinkUNet(3, embed_dim, config.architecture, backend=config.backend).to(config.device)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
     batches_per_epoch = math.ceil(len(scenes) / config.scenes_per_batch)
     total = config.epochs * batches_per_epoch
@@ -239,7 +250,7 @@ def train_esgs(
         if on_step is not None:
             on_step(step, total, history[-1])
     network.eval()
-    return network, history
+    return network.cpu(), history
 
 
 @torch.no_grad()
@@ -253,9 +264,10 @@ def predict_embeddings(
     seed: int = 0,
     on_pass: Optional[Callable[[], None]] = None,
 ) -> Tensor:
-    """Per-point unit embeddings from the points alone; with ``repeats`` > 1, the first pass is
-    the points as given and the others augmented (test-time augmentation), and the unit
-    embeddings are summed (their dot products with text are the summed cosine logits)."""
+    """Per-point unit embeddings (on the CPU) from the points alone, computed on the network's
+    device; with ``repeats`` > 1, the first pass is the points as given and the others augmented
+    (test-time augmentation), and the unit embeddings are summed (their dot products with text
+    are the summed cosine logits)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1; got {repeats}")
     network.eval()
@@ -265,7 +277,7 @@ def predict_embeddings(
         points = xyz if repeat == 0 else xyz @ augmentation_matrix(up, rng).T
         voxels, rgb = network_input(points, colours, voxel_size)
         (out,) = batch_forward(network, [(voxels, rgb)])
-        unit = F.normalize(out, dim=1, eps=1e-8)[voxels.point_to_voxel]
+        unit = F.normalize(out, dim=1, eps=1e-8).cpu()[voxels.point_to_voxel]
         summed = unit if summed is None else summed + unit
         if on_pass is not None:
             on_pass()

@@ -126,8 +126,8 @@ class _CoordinateHash:
 
     def __init__(self, coords: Tensor) -> None:
         if coords.shape[0] == 0:
-            self.low = torch.zeros(COORD_COLUMNS, dtype=torch.long)
-            self.size = torch.ones(COORD_COLUMNS, dtype=torch.long)
+            self.low = torch.zeros(COORD_COLUMNS, dtype=torch.long, device=coords.device)
+            self.size = torch.ones(COORD_COLUMNS, dtype=torch.long, device=coords.device)
         else:
             self.low = coords.min(dim=0).values
             self.size = coords.max(dim=0).values - self.low + 1
@@ -148,7 +148,7 @@ class _CoordinateHash:
         inside = ((queries >= self.low) & (queries < self.low + self.size)).all(dim=1)
         candidates = torch.nonzero(inside, as_tuple=True)[0]
         if candidates.numel() == 0 or self.sorted_keys.numel() == 0:
-            empty = torch.zeros(0, dtype=torch.long)
+            empty = torch.zeros(0, dtype=torch.long, device=queries.device)
             return empty, empty
         keys = self.encode(queries[candidates])
         position = torch.searchsorted(self.sorted_keys, keys).clamp(max=self.sorted_keys.numel() - 1)
@@ -169,8 +169,8 @@ def downsample_coordinates(coords: Tensor, stride: int) -> Tensor:
 def first_of_each_key(keys: Tensor) -> Tensor:
     """For each distinct key in increasing order, the first row that holds it."""
     unique_keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-    first = torch.full((unique_keys.numel(),), keys.numel(), dtype=torch.long)
-    first.scatter_reduce_(0, inverse, torch.arange(keys.numel()), reduce="amin")
+    first = torch.full((unique_keys.numel(),), keys.numel(), dtype=torch.long, device=keys.device)
+    first.scatter_reduce_(0, inverse, torch.arange(keys.numel(), device=keys.device), reduce="amin")
     return first
 
 
@@ -181,7 +181,7 @@ def build_kernel_map(fine: Tensor, coarse: Tensor, kernel_size: int, stride: int
     convolution reads the same pairs the other way. With ``stride`` 1 both sets are usually
     the same (submanifold convolution).
     """
-    offsets = kernel_offsets(kernel_size)
+    offsets = kernel_offsets(kernel_size).to(fine.device)
     hashed = _CoordinateHash(fine)
     pairs: List[Tuple[Tensor, Tensor]] = []
     base = coarse.clone()
