@@ -11,6 +11,9 @@ reaches no network, so nothing here downloads or builds from a URL. It records:
   does not depend on weight values) on one 504x378 image (the dataset's ray resolution, ~3,400
   crops), through ``extract_pyramid`` with the teacher's CUDA settings (fp16 autocast) at the
   default batch of 512 crops and at 64;
+* **CUDA tests**: the test suite's CUDA-only tests (gsplat against the torch rasterizer, the
+  sparse convolution and ESGS on CUDA against the CPU), which skip on machines without CUDA, run
+  in a subprocess started beside the extension checks; their pytest summary line is recorded;
 * **training speed per phase**: the benchmark's ``gpu`` profile (the paper's settings) on the
   synthetic ``fruit_lawn`` scene at 1008x756 with fewer views (``--views``; speed per step does
   not depend on the view count), ms per step and peak ``torch.cuda.max_memory_allocated`` of
@@ -112,6 +115,35 @@ def finish_extension_check(check: Dict[str, Any], timeout: float) -> Dict[str, A
         return {"usable": True, "detail": stdout.strip().splitlines()[-1], "seconds": seconds}
     error = (stderr.strip().splitlines() or ["no output"])[-1]
     return {"usable": False, "detail": f"exit status {process.returncode}: {error}", "seconds": seconds}
+
+
+CUDA_TESTS = (
+    "tests/test_splat_rasterize.py::test_cpu_rules_match_gsplat_on_cuda",
+    "tests/test_vlg_sparse_conv.py::test_convolutions_on_cuda_match_the_cpu_values_and_gradients",
+    "tests/test_vlg_esgs.py::test_training_and_prediction_on_cuda_match_the_cpu",
+)
+"""The tests that only run with CUDA (each skips cleanly elsewhere)."""
+
+
+def start_cuda_tests() -> Dict[str, Any]:
+    """Starts pytest on :data:`CUDA_TESTS` in a subprocess, in the repository."""
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *CUDA_TESTS]
+    repository = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(command, cwd=repository, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return {"process": process, "started": time.monotonic()}
+
+
+def finish_cuda_tests(check: Dict[str, Any], timeout: float) -> Dict[str, Any]:
+    """pytest's exit status and summary line, or a note that it was stopped."""
+    process: subprocess.Popen = check["process"]
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return {"passed": False, "detail": f"still running after {time.monotonic() - check['started']:.0f} s; stopped"}
+    lines = output.strip().splitlines() or ["no output"]
+    return {"passed": process.returncode == 0, "exit_status": process.returncode, "summary": lines[-1], "tests": list(CUDA_TESTS)}
 
 
 def synchronize(device: str) -> None:
@@ -227,11 +259,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
 
-    checks = {}
+    checks: Dict[str, Dict[str, Any]] = {}
+    cuda_tests: Dict[str, Any] = {}
     if torch.cuda.is_available():
         checks = {"tinycudann": start_extension_check("tinycudann", TCNN_CHECK), "gsplat": start_extension_check("gsplat", GSPLAT_CHECK)}
+        cuda_tests = start_cuda_tests()
     else:
         results["extensions"] = {name: {"usable": False, "detail": "skipped: no CUDA device"} for name in ("tinycudann", "gsplat")}
+        results["cuda_tests"] = {"passed": False, "detail": "skipped: no CUDA device", "tests": list(CUDA_TESTS)}
     save()
     run_section("clip_extraction", results, lambda: clip_extraction_speed(args, device))
     save()
@@ -240,9 +275,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     save()
     if checks:
         results["extensions"] = {name: finish_extension_check(check, budget.left()) for name, check in checks.items()}
+        results["cuda_tests"] = finish_cuda_tests(cuda_tests, budget.left())
     results["total_seconds"] = time.perf_counter() - started
     save()
-    print(json.dumps({key: results.get(key) for key in ("extensions", "clip_extraction", "errors")}, indent=2))
+    print(json.dumps({key: results.get(key) for key in ("extensions", "cuda_tests", "clip_extraction", "errors")}, indent=2))
     print(f"wrote {args.out}")
     return results
 

@@ -36,6 +36,7 @@ def test_device_check_measures_every_section_on_cpu(tmp_path):
     assert report["extensions"] == {
         name: {"usable": False, "detail": "skipped: no CUDA device"} for name in ("tinycudann", "gsplat")
     }
+    assert report["cuda_tests"]["detail"] == "skipped: no CUDA device"
     clip = report["clip_extraction"]
     assert clip["crops"] == count_windows(10, 12, PyramidConfig())
     assert set(clip["batches"]) == {"64", "16"} and all(b["crops_per_second"] > 0 for b in clip["batches"].values())
@@ -57,3 +58,12 @@ def test_device_check_never_overwrites(tmp_path):
     result = run_check(out, tmp_path / "work")
     assert result.returncode == 2 and "exists" in result.stderr
     assert out.read_text() == "earlier results"
+
+
+def test_the_cuda_tests_it_runs_exist():
+    from benchmarks.gpu_check import CUDA_TESTS
+
+    for node in CUDA_TESTS:
+        path, name = node.split("::")
+        source = (REPOSITORY / path).read_text(encoding="utf-8")
+        assert f"def {name}(" in source and "torch.cuda.is_available()" in source, node
