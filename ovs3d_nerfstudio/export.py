@@ -144,14 +144,16 @@ def sample_labelled_points(
     return {key: torch.cat(values)[:num_points] for key, values in found.items()}
 
 
-def opaque_gaussians(model: Ovs3dSplatModel, opacity_threshold: float, count: int, seed: int) -> Tensor:
+def opaque_gaussians(
+    model: Ovs3dSplatModel, opacity_threshold: float, count: int, seed: int, flag: str = "--opacity-threshold"
+) -> Tensor:
     """Indices of up to ``count`` random Gaussians whose own opacity exceeds the threshold (the
-    splat model's surface points); none is a one-line error."""
+    splat model's surface points); none is a one-line error that names the command's ``flag``."""
     opaque = torch.sigmoid(model.gauss_params["opacities"].detach().float().cpu()[:, 0]) > opacity_threshold
     chosen = torch.nonzero(opaque)[:, 0]
     chosen = chosen[torch.randperm(len(chosen), generator=torch.Generator().manual_seed(seed))[:count]]
     if len(chosen) == 0:
-        raise UserFacingError(f"no Gaussian has opacity above {opacity_threshold}: lower --opacity-threshold")
+        raise UserFacingError(f"no Gaussian has opacity above {opacity_threshold}: lower {flag}")
     return chosen
 
 

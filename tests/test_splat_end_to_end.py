@@ -26,6 +26,7 @@ from nerfstudio.viewer.viewer import Viewer
 
 from ovs3d_nerfstudio import export
 from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
+from ovs3d_nerfstudio.errors import UserFacingError
 from ovs3d_nerfstudio.export import read_ply
 from ovs3d_nerfstudio.legend_image import colours_to_uint8
 from ovs3d_nerfstudio.palette import palette
@@ -279,6 +280,8 @@ def test_the_point_cloud_path_prepares_from_the_gaussians(run: Path, tmp_path: P
     model = trained.pipeline.model
     scene = Prepare(work=tmp_path, run=run / "config.yml", num_points=40, surface_opacity=0.05).prepare()
     assert scene.info["depth"] == "field" and len(scene.xyz) == 40
+    with pytest.raises(UserFacingError, match="no Gaussian has opacity above 0.999: lower --surface-opacity"):
+        Prepare(work=tmp_path / "none", run=run / "config.yml", surface_opacity=0.999).prepare()
     opacity = torch.sigmoid(model.gauss_params["opacities"].detach()[:, 0])
     means = model.gauss_params["means"].detach().double()
     nearest = torch.cdist(torch.from_numpy(scene.xyz), means).min(dim=1)

@@ -64,7 +64,7 @@ def run_surface_points(run: TrainedRun, num_points: int, opacity_threshold: floa
     means with their colours (dataparser frame)."""
     model = run.pipeline.model  # type: ignore[attr-defined]
     if isinstance(model, Ovs3dSplatModel):
-        chosen = opaque_gaussians(model, opacity_threshold, num_points, seed)
+        chosen = opaque_gaussians(model, opacity_threshold, num_points, seed, flag="--surface-opacity")
         params = model.gauss_params
         return LabelledPoints(
             xyz=params["means"].detach()[chosen].double().cpu().numpy(),
