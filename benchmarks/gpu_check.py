@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -99,22 +99,31 @@ def start_extension_check(name: str, code: str) -> Dict[str, Any]:
     return {"process": process, "started": time.monotonic()}
 
 
-def finish_extension_check(check: Dict[str, Any], timeout: float) -> Dict[str, Any]:
-    """Waits up to ``timeout`` seconds for a started check; a check still running is stopped."""
-    process: Optional[subprocess.Popen] = check.pop("process", None)
-    if process is None:
-        return check
+def wait_or_stop(check: Dict[str, Any], timeout: float) -> Optional[Tuple[str, str]]:
+    """A started subprocess's (stdout, stderr) within ``timeout`` seconds, or None when it was
+    still running and has been stopped."""
+    process: subprocess.Popen = check["process"]
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        return process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.communicate()
-        return {"usable": False, "detail": f"still running (building?) after {time.monotonic() - check['started']:.0f} s; stopped"}
+        return None
+
+
+def finish_extension_check(check: Dict[str, Any], timeout: float) -> Dict[str, Any]:
+    """Waits up to ``timeout`` seconds for a started check; a check still running is stopped."""
+    if "process" not in check:
+        return check
+    outputs = wait_or_stop(check, timeout)
     seconds = time.monotonic() - check["started"]
-    if process.returncode == 0:
+    if outputs is None:
+        return {"usable": False, "detail": f"still running (building?) after {seconds:.0f} s; stopped"}
+    stdout, stderr = outputs
+    if check["process"].returncode == 0:
         return {"usable": True, "detail": stdout.strip().splitlines()[-1], "seconds": seconds}
     error = (stderr.strip().splitlines() or ["no output"])[-1]
-    return {"usable": False, "detail": f"exit status {process.returncode}: {error}", "seconds": seconds}
+    return {"usable": False, "detail": f"exit status {check['process'].returncode}: {error}", "seconds": seconds}
 
 
 CUDA_TESTS = (
@@ -135,15 +144,12 @@ def start_cuda_tests() -> Dict[str, Any]:
 
 def finish_cuda_tests(check: Dict[str, Any], timeout: float) -> Dict[str, Any]:
     """pytest's exit status and summary line, or a note that it was stopped."""
-    process: subprocess.Popen = check["process"]
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
+    outputs = wait_or_stop(check, timeout)
+    if outputs is None:
         return {"passed": False, "detail": f"still running after {time.monotonic() - check['started']:.0f} s; stopped"}
-    lines = output.strip().splitlines() or ["no output"]
-    return {"passed": process.returncode == 0, "exit_status": process.returncode, "summary": lines[-1], "tests": list(CUDA_TESTS)}
+    lines = outputs[0].strip().splitlines() or ["no output"]
+    status = check["process"].returncode
+    return {"passed": status == 0, "exit_status": status, "summary": lines[-1], "tests": list(CUDA_TESTS)}
 
 
 def synchronize(device: str) -> None:

@@ -67,3 +67,20 @@ def test_the_cuda_tests_it_runs_exist():
         path, name = node.split("::")
         source = (REPOSITORY / path).read_text(encoding="utf-8")
         assert f"def {name}(" in source and "torch.cuda.is_available()" in source, node
+
+
+def test_started_checks_report_success_failure_and_a_stop():
+    import time
+
+    from benchmarks.gpu_check import finish_cuda_tests, finish_extension_check
+
+    def start(code: str):
+        process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return {"process": process, "started": time.monotonic()}
+
+    assert finish_extension_check(start("print('ran')"), 60)["detail"] == "ran"
+    assert finish_extension_check(start("import sys; sys.exit('broken')"), 60)["detail"] == "exit status 1: broken"
+    stopped = finish_extension_check(start("import time; time.sleep(60)"), 0.5)
+    assert not stopped["usable"] and stopped["detail"].endswith("stopped")
+    assert finish_cuda_tests(start("print('3 passed')"), 60)["summary"] == "3 passed"
+    assert finish_cuda_tests(start("import time; time.sleep(60)"), 0.5)["passed"] is False
