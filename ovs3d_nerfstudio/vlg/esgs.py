@@ -11,7 +11,7 @@ flip, colour jitter.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -167,6 +167,11 @@ class EsgsScene:
     voxel_size: float
     class_targets: Optional[Tensor] = None
 
+    def to(self, device: Union[str, torch.device]) -> "EsgsScene":
+        """The same scene with its per-point tensors on ``device`` (copied once, not per step)."""
+        moved = self.class_targets.to(device) if self.class_targets is not None else None
+        return replace(self, targets=self.targets.to(device), covered=self.covered.to(device), class_targets=moved)
+
 
 def network_device(network: MinkUNet) -> torch.device:
     return next(network.parameters()).device
@@ -187,16 +192,13 @@ def batch_forward(
 def scene_loss(
     out: Tensor, voxels: Voxelization, scene: EsgsScene, class_weight: float, text: Optional[Tensor]
 ) -> Tensor:
-    """The cosine to the scene's targets, plus ``class_weight`` times the class term (on the
-    outputs' device)."""
-    device = out.device
-    point_to_voxel, covered = voxels.point_to_voxel.to(device), scene.covered.to(device)
-    loss = voxel_cosine_loss(out, point_to_voxel, scene.targets.to(device), covered)
+    """The cosine to the scene's targets, plus ``class_weight`` times the class term; the scene
+    and ``text`` are on the outputs' device, the voxelisation (new every step) is moved there."""
+    point_to_voxel = voxels.point_to_voxel.to(out.device)
+    loss = voxel_cosine_loss(out, point_to_voxel, scene.targets, scene.covered)
     if class_weight > 0.0:
         assert text is not None and scene.class_targets is not None
-        loss = loss + class_weight * voxel_class_loss(
-            out, text.to(device), point_to_voxel, scene.class_targets.to(device), covered
-        )
+        loss = loss + class_weight * voxel_class_loss(out, text, point_to_voxel, scene.class_targets, scene.covered)
     return loss
 
 
@@ -218,6 +220,8 @@ def train_esgs(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     network = MinkUNet(3, embed_dim, config.architecture, backend=config.backend).to(config.device)
+    scenes = [scene.to(config.device) for scene in scenes]
+    text = text.to(config.device) if text is not None else None
     optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
     batches_per_epoch = math.ceil(len(scenes) / config.scenes_per_batch)
     total = config.epochs * batches_per_epoch
