@@ -282,6 +282,8 @@ def test_the_point_cloud_path_prepares_from_the_gaussians(run: Path, tmp_path: P
     assert scene.info["depth"] == "field" and len(scene.xyz) == 40
     with pytest.raises(UserFacingError, match="no Gaussian has opacity above 0.999: lower --surface-opacity"):
         Prepare(work=tmp_path / "none", run=run / "config.yml", surface_opacity=0.999).prepare()
+    with pytest.raises(UserFacingError, match=r"--surface-opacity must be in \[0, 1\); got 1.5"):
+        Prepare(work=tmp_path / "none", run=run / "config.yml", surface_opacity=1.5).prepare()
     opacity = torch.sigmoid(model.gauss_params["opacities"].detach()[:, 0])
     means = model.gauss_params["means"].detach().double()
     nearest = torch.cdist(torch.from_numpy(scene.xyz), means).min(dim=1)

@@ -127,6 +127,9 @@ def test_one_line_errors(tmp_path: Path, trained: Path):
         with pytest.raises(UserFacingError, match="asks for CUDA, which this machine lacks"):
             cli("esg", "--work", trained, "--options.device", "cuda", "--network", tmp_path / "cuda.pt")
     assert not (tmp_path / "cuda.pt").exists()
+    with pytest.raises(UserFacingError, match="--class-weight must be >= 0"):
+        cli("esg", "--work", trained, "--options.class-weight", "-1", "--network", tmp_path / "negative.pt")
+    assert not (tmp_path / "negative.pt").exists()
 
 
 def test_missing_run_is_one_line_from_the_entry_point(tmp_path: Path, monkeypatch, capsys):

@@ -185,6 +185,8 @@ class Prepare:
         if kind == "run":
             if run is None:
                 raise UserFacingError("--points run needs --run RUN/config.yml")
+            if not 0.0 <= self.surface_opacity < 1.0:
+                raise UserFacingError(f"--surface-opacity must be in [0, 1); got {self.surface_opacity}")
             from .sources import run_surface_points
 
             return run_surface_points(run, self.num_points, self.surface_opacity, seed=self.seed)
@@ -279,6 +281,8 @@ class EsgOptions:
         )
 
     def config(self) -> EsgsConfig:
+        if not self.class_weight >= 0.0:
+            raise UserFacingError(f"--class-weight must be >= 0 (0: the official cosine alone); got {self.class_weight}")
         return EsgsConfig(
             architecture=self.spec(), epochs=self.epochs, lr=self.lr, scenes_per_batch=self.scenes_per_batch,
             augment=self.augment, seed=self.seed, backend=self.backend, device=resolve_device(self.device),
