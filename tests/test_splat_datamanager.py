@@ -12,9 +12,7 @@ from nerfstudio.cameras.cameras import Cameras, CameraType
 
 from ovs3d_nerfstudio.data.ovs3d_dataparser import Ovs3dDataParserConfig
 from ovs3d_nerfstudio.data.procedural import render_scene, write_scene
-from ovs3d_nerfstudio.errors import ConfigError
 from ovs3d_nerfstudio.splat.datamanager import Ovs3dSplatDataManagerConfig, patch_cameras, points_along_rays
-from ovs3d_nerfstudio.splat.pipeline import Ovs3dSplatPipeline, Ovs3dSplatPipelineConfig
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig, DinoTeacherConfig
 from test_splat_model import camera, tiny_model
 from tiny_run import TINY_CLIP, TINY_DINO
@@ -133,43 +131,3 @@ def test_both_data_layouts_give_views_targets_and_initial_points(layout, tmp_pat
         near_far = torch.tensor([[0.05 * extent, extent]]).expand(len(cameras), 2)
     inside = (depth >= near_far[:, 0] - 1e-4) & (depth <= near_far[:, 1] + 1e-4)
     assert inside.any(dim=1).all()
-
-
-@pytest.mark.parametrize("views_per_step", [3, 100])
-def test_a_step_supervises_pixels_of_several_distinct_views(views_per_step, tmp_path: Path):
-    scene = write_scene(tiny_scene_spec(seed=1), tmp_path / "scene", mask_views=[0])
-    config = Ovs3dSplatDataManagerConfig(
-        dataparser=Ovs3dDataParserConfig(data=scene),
-        clip=ClipTeacherConfig(**TINY_CLIP, batch_size=4),
-        dino=DinoTeacherConfig(**TINY_DINO),
-        cache_dir=tmp_path / "cache",
-        ray_downscale=2,
-        train_num_rays_per_batch=200,
-        num_patches=1,
-        patch_tokens=2,
-        patch_downscale=2,
-        patch_rays_per_token=2,
-        views_per_step=views_per_step,
-    )
-    config.pyramid.patch_fractions = (0.5,)
-    manager = config.setup(device="cpu", segmentation_start=1)
-    clip_views = manager.clip_views.tolist()
-    expected = min(views_per_step, len(clip_views))
-    for _ in range(3):
-        camera, batch = manager.next_train(1)
-        poses = torch.cat([camera.camera_to_worlds, batch["supervision_cameras"].camera_to_worlds])
-        views = [int((manager.ray_cameras.camera_to_worlds - pose).abs().flatten(1).sum(1).argmin()) for pose in poses]
-        assert len(views) == expected and len(set(views)) == expected and set(views) <= set(clip_views)
-        assert views[0] == batch["image_idx"]
-        slot, y, x = batch["pixels"].unbind(-1)
-        assert batch["pixels"].shape == (200, 3) and set(slot.tolist()) == set(range(expected))
-        assert len(set(map(tuple, batch["pixels"].tolist()))) == 200  # no pixel twice
-        stores = torch.tensor([clip_views.index(view) for view in views])[slot]
-        torch.testing.assert_close(batch["clip_targets"], manager.clip_store.gather(stores, y, x))
-        torch.testing.assert_close(batch["relevancy"], manager.relevancy[stores, :, :, y, x].float())
-
-
-def test_views_per_step_below_one_is_refused_in_one_line():
-    with pytest.raises(ConfigError) as error:
-        Ovs3dSplatPipeline.check_config(Ovs3dSplatPipelineConfig(datamanager=Ovs3dSplatDataManagerConfig(views_per_step=0)))
-    assert "--pipeline.datamanager.views-per-step 0" in str(error.value) and "\n" not in str(error.value)

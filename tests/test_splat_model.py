@@ -74,7 +74,7 @@ def batch(with_selection_target: bool = False) -> dict:
     flat = torch.randperm(WIDTH * HEIGHT, generator=generator)[:PIXELS]
     out = {
         "image": torch.rand(HEIGHT, WIDTH, 3, generator=generator),
-        "pixels": torch.stack([torch.zeros_like(flat), flat // WIDTH, flat % WIDTH], dim=-1),
+        "pixels": torch.stack([flat // WIDTH, flat % WIDTH], dim=-1),
         "clip_targets": torch.randn(PIXELS, SCALES, DIM, generator=generator),
         "relevancy": torch.rand(PIXELS, SCALES, len(LABELS), generator=generator),
         "patch_cameras": camera(8, 8, PATCHES),
@@ -184,7 +184,7 @@ def test_segmentation_losses_are_the_shared_functions_at_the_sampled_pixels(step
     outputs = model(camera())
     loss_dict = model.get_loss_dict(outputs, data)
     assert set(loss_dict) == expected
-    _, row, column = data["pixels"].unbind(-1)
+    row, column = data["pixels"].unbind(-1)
     clip = model.clip_head.render(outputs["clip_latent"][row, column], outputs["accumulation"][row, column])
     selection = outputs["selection"][row, column]
     torch.testing.assert_close(loss_dict["clip"], losses.clip_supervision_loss(clip, data["clip_targets"], selection))
@@ -195,30 +195,6 @@ def test_segmentation_losses_are_the_shared_functions_at_the_sampled_pixels(step
     total.backward()
     assert model.gauss_params["clip_latent"].grad.abs().sum() > 0
     assert model.gauss_params["means"].grad is None  # geometry frozen in segmentation
-
-
-def test_pixels_of_further_views_are_rendered_and_supervised():
-    """With ``supervision_cameras`` a pixel's slot picks its view: 0 the served camera, k the k-th
-    further camera; their values equal one batched render of all the views."""
-    model = tiny_model(step=2, variant="paper")
-    views = camera(count=3)
-    data = batch()
-    slot = torch.arange(PIXELS) % 3
-    data["pixels"][:, 0] = slot
-    data["supervision_cameras"] = views[1:]
-    outputs = model(views[0:1])
-    latent, alpha, selection = model.supervised_pixels(outputs, data)
-    together = model.render(views, segmentation=True)
-    _, row, column = data["pixels"].unbind(-1)
-    torch.testing.assert_close(latent, together["clip_latent"][slot, row, column], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(alpha, together["accumulation"][slot, row, column], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(selection, together["selection"][slot, row, column], atol=1e-5, rtol=1e-4)
-    assert not torch.allclose(together["clip_latent"][1], together["clip_latent"][2])  # the views differ
-    loss = model.get_loss_dict(outputs, data)["clip"]
-    clip = model.clip_head.render(latent, alpha)
-    torch.testing.assert_close(loss, losses.clip_supervision_loss(clip, data["clip_targets"], selection), atol=1e-5, rtol=1e-4)
-    loss.backward()
-    assert model.gauss_params["clip_latent"].grad.abs().sum() > 0
 
 
 def test_fda_pools_patch_renders_to_the_token_grid():

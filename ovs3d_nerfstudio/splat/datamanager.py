@@ -4,11 +4,10 @@ The targets are the NeRF datamanager's, computed by the same code (this class ex
 :class:`~ovs3d_nerfstudio.data.datamanager.Ovs3dDataManager`): the views at ``ray_downscale``,
 the Alg. 1 CLIP window store, the relevancy maps, the DINO token cache and the purity targets,
 from the teachers the pipeline builds once. What changes is the batch: Gaussians render whole
-images, so a step serves one view's camera and image; in segmentation also the cameras of
-``views_per_step - 1`` more views (``supervision_cameras``), ``train_num_rays_per_batch``
-``pixels`` sampled from all of these views with their CLIP, relevancy and selection targets, and
-the FDA patches as ``patch_cameras`` (the patch-resolution cameras cropped to each patch and
-scaled to ``patch_rays_per_token`` pixels per DINO token) with their ``dino_tokens``.
+images, so a step serves one view's camera and image, ``train_num_rays_per_batch`` sampled
+``pixels`` of it with their CLIP, relevancy and selection targets, and the FDA patches as
+``patch_cameras`` (the patch-resolution cameras cropped to each patch and scaled to
+``patch_rays_per_token`` pixels per DINO token) with their ``dino_tokens``.
 
 It also gives the Gaussians' initial points (:meth:`initial_points`).
 """
@@ -16,7 +15,7 @@ It also gives the Gaussians' initial points (:meth:`initial_points`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Type
+from typing import Dict, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float, Int, UInt8
@@ -24,7 +23,6 @@ from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
 
-from ovs3d_nerfstudio.config_checks import DATAMANAGER_FLAGS, WHOLE_NUMBER, Rule, at_least, datamanager_problems, rule_problems
 from ovs3d_nerfstudio.data.datamanager import Ovs3dDataManager, Ovs3dDataManagerConfig
 from ovs3d_nerfstudio.data.patches import sample_patch_origins
 
@@ -37,23 +35,10 @@ class Ovs3dSplatDataManagerConfig(Ovs3dDataManagerConfig):
     _target: Type = field(default_factory=lambda: Ovs3dSplatDataManager)
     initial_points_seed: int = 0
     """Seed of the initial points drawn along training rays (data without sparse points)."""
-    views_per_step: int = 1
-    """Training views rendered per segmentation step; the supervised pixels are drawn from all of
-    them (the NeRF variant draws its rays from every view). Each one more view costs one more
-    rendered image per step."""
-
-
-SPLAT_DATAMANAGER_RULES: Tuple[Rule, ...] = (Rule("views_per_step", at_least(1), WHOLE_NUMBER.format(1)),)
-
-
-def splat_datamanager_problems(config: Ovs3dSplatDataManagerConfig) -> List[str]:
-    """The NeRF datamanager's checks and the splat datamanager's own."""
-    return datamanager_problems(config) + rule_problems(config, SPLAT_DATAMANAGER_RULES, DATAMANAGER_FLAGS)
 
 
 class Ovs3dSplatDataManager(Ovs3dDataManager):
-    """One view per step (its camera and image), in segmentation with the cameras of the further
-    supervised views, the sampled supervised pixels and the FDA patch cameras."""
+    """One view per step: its camera, image and sampled supervised pixels, plus FDA patch cameras."""
 
     config: Ovs3dSplatDataManagerConfig
 
@@ -65,10 +50,9 @@ class Ovs3dSplatDataManager(Ovs3dDataManager):
 
     def next_train(self, step: int) -> Tuple[Cameras, Dict]:
         """The camera of a random view (in segmentation one with CLIP features) and its batch:
-        ``image`` [H, W, 3], and in segmentation ``pixels`` [R, 3] (slot, row, column; slot 0 is
-        the served camera, slot k the k-th of ``supervision_cameras``, distinct views with CLIP
-        features) with their ``clip_targets``, ``relevancy``, ``selection_target``, and the FDA
-        ``patch_cameras`` with their ``dino_tokens``."""
+        ``image`` [H, W, 3], and in segmentation ``pixels`` [R, 2] (row, column) with their
+        ``clip_targets``, ``relevancy``, ``selection_target`` and the FDA ``patch_cameras`` with
+        their ``dino_tokens``."""
         self.train_count += 1
         num_views, height, width = self.ray_images.shape[:3]
         segmenting = step >= self.segmentation_start
@@ -80,17 +64,12 @@ class Ovs3dSplatDataManager(Ovs3dDataManager):
         camera.metadata = {"cam_idx": view}
         if not segmenting:
             return camera, batch
-        slot_stores = self._supervised_stores(store_index, len(views))
-        if len(slot_stores) > 1:
-            others = views[slot_stores[1:]].cpu()
-            batch["supervision_cameras"] = self.ray_cameras[others].to(self.device)
-        count = min(self.config.train_num_rays_per_batch, len(slot_stores) * height * width)
-        flat = torch.randperm(len(slot_stores) * height * width, device=self.device)[:count]
-        slot, y, x = flat // (height * width), flat % (height * width) // width, flat % width
-        batch["pixels"] = torch.stack([slot, y, x], dim=-1)
+        count = min(self.config.train_num_rays_per_batch, height * width)
+        flat = torch.randperm(height * width, device=self.device)[:count]
+        y, x = flat // width, flat % width
+        batch["pixels"] = torch.stack([y, x], dim=-1)
         # Index tensors throughout, so the pixel dimension comes first as in the NeRF batches.
-        stores = slot_stores.to(self.device)[slot]
-        views = views.to(self.device)[stores]
+        stores, views = torch.full_like(y, store_index), torch.full_like(y, view)
         batch["clip_targets"] = self.clip_store.gather(stores, y, x)
         if self.targets.relevancy:
             batch["relevancy"] = self.relevancy[stores, :, :, y, x].float()
@@ -99,13 +78,6 @@ class Ovs3dSplatDataManager(Ovs3dDataManager):
         if self.targets.patches:
             batch["patch_cameras"], batch["dino_tokens"] = self._next_patch_cameras()
         return camera, batch
-
-    def _supervised_stores(self, first: int, num_stores: int) -> Int[Tensor, "V"]:
-        """``first`` and up to ``views_per_step - 1`` other feature stores, distinct, in random order."""
-        extra = min(self.config.views_per_step, num_stores) - 1
-        others = torch.randperm(num_stores - 1)[:extra] if extra else torch.zeros(0, dtype=torch.long)
-        others = others + (others >= first).long()  # skip ``first``
-        return torch.cat([torch.tensor([first]), others])
 
     def _next_patch_cameras(self) -> Tuple[Cameras, Tensor]:
         """Cameras of ``num_patches`` random token-aligned patches and their DINO tokens."""

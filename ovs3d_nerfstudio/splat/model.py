@@ -371,16 +371,17 @@ class Ovs3dSplatModel(SegmentationModel, SplatfactoModel):
         background = self._get_background_color()
         outputs: Dict[str, Tensor] = {}
         if segmenting:
-            outputs.update(self.label_images(images["clip_latent"], images["accumulation"]), selection=images["selection"])
-            if self.training:  # the losses' input, not an image to display
-                outputs["clip_latent"] = images["clip_latent"]
+            logits, label_images = self.label_outputs(images["clip_latent"], images["accumulation"])
+            outputs.update(label_images, selection=images["selection"])
+            if self.training:  # the losses' inputs, not images to display
+                outputs.update(clip_latent=images["clip_latent"], logits=logits)
         outputs.update(rgb=images["rgb"], depth=images["depth"], accumulation=images["accumulation"])
         outputs["background"] = background if self.training else background.expand(*images["rgb"].shape[:2], 3)
         return outputs
 
-    def label_images(self, latent: Tensor, alpha: Tensor) -> Dict[str, Tensor]:
-        """The images made from the class cosines of rendered latents (no [H, W, D] feature is
-        built): label map, probabilities and, with a free query, its relevancy."""
+    def label_outputs(self, latent: Tensor, alpha: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Class cosines of rendered latents (no [H, W, D] feature is built), and the images made
+        from them: label map, probabilities and, with a free query, its relevancy."""
         text, colours = (self.text_features, self.label_colours) if self.training else (
             self.display_text_features, self.display_colours
         )  # fmt: skip
@@ -392,7 +393,7 @@ class Ovs3dSplatModel(SegmentationModel, SplatfactoModel):
         if not self.training and self._query is not None:
             cosines = latent_space_logits(latent, alpha, self.clip_head, self._query)
             outputs["query_relevancy"] = relevancy_from_cosines(cosines)
-        return outputs
+        return logits, outputs
 
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> Dict[str, Tensor]:
@@ -433,34 +434,22 @@ class Ovs3dSplatModel(SegmentationModel, SplatfactoModel):
         """Loss terms of the current phase, each under its own name: splatfacto's ``main_loss``
         (L1 + SSIM) outside the frozen phase; in segmentation ``clip``, ``rda`` (and the
         DINO-purity ``selection``) at the batch's sampled ``pixels``, and ``fda_pos`` /
-        ``fda_neg`` on the batch's ``patch_cameras``; the patches and the further supervised
-        views are rendered here because the pipeline hands the model one camera."""
+        ``fda_neg`` on the batch's ``patch_cameras``, rendered here because the pipeline hands
+        the model one camera."""
         phase = self.phase if self.training else Phase.SEGMENTATION_JOINT
         loss_dict: Dict[str, Tensor] = {}
         if phase is not Phase.SEGMENTATION_FROZEN:
             loss_dict.update(SplatfactoModel.get_loss_dict(self, outputs, batch, metrics_dict))
         if phase is Phase.RECONSTRUCTION or "clip_targets" not in batch or "clip_latent" not in outputs:
             return loss_dict
-        latent, alpha, selection = self.supervised_pixels(outputs, batch)
-        clip = self.clip_head.render(latent, alpha)
-        logits = latent_space_logits(latent, alpha, self.clip_head, self.text_features)
-        loss_dict.update(self.supervision_losses(clip, logits, selection, batch))
+        row, column = batch["pixels"].to(self.device).unbind(-1)
+        alpha = outputs["accumulation"][row, column]
+        clip = self.clip_head.render(outputs["clip_latent"][row, column], alpha)
+        loss_dict.update(self.supervision_losses(clip, outputs["logits"][row, column], outputs["selection"][row, column], batch))
         fda_on = phase is Phase.SEGMENTATION_JOINT or self.config.fda_start == "frozen"
         if self.config.use_fda and fda_on and "patch_cameras" in batch:
             loss_dict["fda_pos"], loss_dict["fda_neg"] = self.fda_terms(batch["patch_cameras"], batch["dino_tokens"])
         return loss_dict
-
-    def supervised_pixels(self, outputs: Dict[str, Tensor], batch: Dict) -> Tuple[Tensor, Tensor, Tensor]:
-        """Rendered latent, alpha and selection at the batch's ``pixels`` (slot, row, column):
-        slot 0 from the served camera's ``outputs``, the others rendered here from the batch's
-        ``supervision_cameras``."""
-        slot, row, column = batch["pixels"].to(self.device).unbind(-1)
-        images = [outputs[name][None] for name in ("clip_latent", "accumulation", "selection")]
-        if "supervision_cameras" in batch:
-            more = self.render(batch["supervision_cameras"].to(self.device), segmentation=True)
-            images = [torch.cat([image, more[name]]) for image, name in zip(images, ("clip_latent", "accumulation", "selection"))]
-        latent, alpha, selection = (image[slot, row, column] for image in images)
-        return latent, alpha, selection
 
     def fda_terms(self, patch_cameras: Cameras, dino_tokens: Float[Tensor, "P T Cd"]) -> Tuple[Tensor, Tensor]:
         """Eq. 14 on patch cameras: rendered latent and alpha average-pooled to the token grid,

@@ -11,9 +11,9 @@ from typing import Dict, Type
 
 from torch import Tensor
 
-from ovs3d_nerfstudio.config_checks import raise_if_any
+from ovs3d_nerfstudio.config_checks import datamanager_problems, raise_if_any
 from ovs3d_nerfstudio.pipeline import Ovs3dPipeline, Ovs3dPipelineConfig
-from ovs3d_nerfstudio.splat.datamanager import Ovs3dSplatDataManager, Ovs3dSplatDataManagerConfig, splat_datamanager_problems
+from ovs3d_nerfstudio.splat.datamanager import Ovs3dSplatDataManager, Ovs3dSplatDataManagerConfig
 from ovs3d_nerfstudio.splat.model import Ovs3dSplatModelConfig, splat_model_problems
 
 
@@ -32,7 +32,7 @@ class Ovs3dSplatPipeline(Ovs3dPipeline):
 
     @staticmethod
     def check_config(config: Ovs3dPipelineConfig) -> None:
-        raise_if_any(splat_datamanager_problems(config.datamanager) + splat_model_problems(config.model))
+        raise_if_any(datamanager_problems(config.datamanager) + splat_model_problems(config.model))
 
     def model_arguments(self) -> Dict:
         return {"seed_points": self.datamanager.initial_points(self.config.model.num_random)}
