@@ -285,10 +285,24 @@ def test_loading_another_number_of_gaussians_keeps_the_optimizers_bound():
     assert optimizers.optimizers["means"].param_groups[0]["params"][0] is not model.gauss_params["means"]
 
 
+@pytest.mark.parametrize("device, absgrad, threshold", [("cpu", False, 3e-4), ("cuda", True, 7e-4)])
+def test_densification_threshold_follows_the_gradients_gsplat_computes(device, absgrad, threshold, monkeypatch):
+    """Absolute screen-space gradients (CUDA) are larger than plain ones (the CPU rasterizer):
+    each kind is compared with its own threshold."""
+    model = tiny_model(densify_grad_thresh=7e-4, densify_grad_thresh_plain=3e-4)
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device(device)))
+    model.use_densification_gradients()
+    assert model.strategy.absgrad is absgrad and model.strategy.grow_grad2d == threshold
+    model.config.use_absgrad = False  # plain gradients on CUDA too
+    model.use_densification_gradients()
+    assert model.strategy.absgrad is False and model.strategy.grow_grad2d == 3e-4
+
+
 @pytest.mark.parametrize(
     "option, value, flag",
     [("sh_degree", 1, "--pipeline.model.sh-degree 1"), ("latent_dim", 0, "--pipeline.model.latent-dim 0"),
-     ("rasterize_mode", "antialiased", "--pipeline.model.rasterize-mode antialiased")],
+     ("rasterize_mode", "antialiased", "--pipeline.model.rasterize-mode antialiased"),
+     ("densify_grad_thresh_plain", 0.0, "--pipeline.model.densify-grad-thresh-plain 0.0")],
 )  # fmt: skip
 def test_bad_options_are_refused_in_one_line(option, value, flag):
     with pytest.raises(ConfigError) as error:

@@ -37,7 +37,7 @@ TINY_SPLAT_TRAINING: Dict[str, Any] = {
     # (training views + refine_every) = 8 + 2 steps, so it refines first at step 10.
     "pipeline.model.warmup_length": 0,
     "pipeline.model.refine_every": 2,
-    "pipeline.model.densify_grad_thresh": 1e-9,
+    "pipeline.model.densify_grad_thresh_plain": 1e-9,  # CPU: plain screen-space gradients
     "pipeline.datamanager.ray_downscale": 2,
     "pipeline.datamanager.train_num_rays_per_batch": 64,
 }
