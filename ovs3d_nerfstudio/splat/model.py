@@ -139,7 +139,7 @@ class Ovs3dSplatModelConfig(SegmentationOptions, SplatfactoModelConfig):
     """Densification threshold on plain screen-space gradients, used where absolute ones are not
     computed (CPU, or --pipeline.model.use-absgrad False): gsplat's default for plain gradients.
     --pipeline.model.densify-grad-thresh (splatfacto's 0.0008) is gsplat's value for absolute
-    gradients, which are larger; on plain ones it would split about a quarter as often."""
+    gradients, which are larger."""
 
 
 SPLAT_MODEL_RULES: Tuple[Rule, ...] = (
