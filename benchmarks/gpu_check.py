@@ -18,7 +18,11 @@ reaches no network, so nothing here downloads or builds from a URL. It records:
   synthetic ``fruit_lawn`` scene at 1008x756 with fewer views (``--views``; speed per step does
   not depend on the view count), ms per step and peak ``torch.cuda.max_memory_allocated`` of
   each phase, once with one ray per FDA token (the default) and once with every pixel
-  (``--compare-rays-per-token 8``), which may run out of memory: that is recorded too.
+  (``--compare-rays-per-token 8``), which may run out of memory: that is recorded too;
+* **splat training speed per phase**: the same for ``ovs3d-splat`` at the profile's splat
+  settings (50,000 initial Gaussians, gsplat on CUDA), one pixel per FDA token, started once the
+  gsplat check has finished (it may use the whole budget) and only when gsplat works and
+  ``--min-section-seconds`` are left (``--splat-steps``).
 
 The results are written after every section, so a run cut short keeps what it measured. On a
 machine without CUDA every section still runs at whatever size the options give (the test suite
@@ -50,7 +54,7 @@ from benchmarks.patch_rays import measure  # noqa: E402
 from ovs3d_nerfstudio.data.procedural import render_scene  # noqa: E402
 from ovs3d_nerfstudio.features.clip_pyramid import PyramidConfig, extract_pyramid  # noqa: E402
 from benchmarks.lab.reports import code_version, machine_description  # noqa: E402
-from ovs3d_nerfstudio.synthetic.profiles import PROFILES  # noqa: E402
+from ovs3d_nerfstudio.synthetic.profiles import PROFILES, SPLAT_METHOD, Profile  # noqa: E402
 from ovs3d_nerfstudio.synthetic.scenes import scene_layouts, write_benchmark_scene  # noqa: E402
 from ovs3d_nerfstudio.teachers.config import ClipTeacherConfig  # noqa: E402
 
@@ -182,13 +186,23 @@ def clip_extraction_speed(args: argparse.Namespace, device: str) -> Dict[str, An
     return result
 
 
-def training_speed(args: argparse.Namespace, device: str, budget: Budget, save: Callable[[], None], into: Dict[str, Any]) -> None:
-    """Per-phase speed and memory of the profile, default patch rays, then every pixel."""
+def check_profile(args: argparse.Namespace) -> Profile:
+    """The profile with the check's view count (speed per step does not depend on it)."""
     profile = dataclasses.replace(PROFILES[args.profile], num_views=args.views)
     if profile.torch_threads is not None:
         torch.set_num_threads(profile.torch_threads)
+    return profile
+
+
+def check_scene(args: argparse.Namespace, profile: Profile) -> Path:
+    return write_benchmark_scene("fruit_lawn", args.workdir / "scene", 0, profile.width, profile.height, profile.num_views)
+
+
+def training_speed(args: argparse.Namespace, device: str, budget: Budget, save: Callable[[], None], into: Dict[str, Any]) -> None:
+    """Per-phase speed and memory of the profile, default patch rays, then every pixel."""
+    profile = check_profile(args)
     start = time.perf_counter()
-    scene = write_benchmark_scene("fruit_lawn", args.workdir / "scene", 0, profile.width, profile.height, profile.num_views)
+    scene = check_scene(args, profile)
     into.update(
         profile=profile.name,
         image_size=[profile.width, profile.height],
@@ -213,6 +227,20 @@ def training_speed(args: argparse.Namespace, device: str, budget: Budget, save: 
         save()
 
 
+def splat_training_speed(args: argparse.Namespace, device: str, budget: Budget) -> Dict[str, Any]:
+    """Per-phase speed and memory of ``ovs3d-splat`` at the profile's splat settings."""
+    if args.splat_steps < 1 or budget.left() < args.min_section_seconds:
+        return {"skipped": f"{args.splat_steps} steps asked, {budget.left():.0f} s left"}
+    profile = check_profile(args)
+    try:
+        return measure(profile, check_scene(args, profile), args.workdir, 1, args.splat_steps, args.skip, args.splat_steps, SPLAT_METHOD)
+    except torch.cuda.OutOfMemoryError as error:
+        return {"error": f"out of memory: {str(error).splitlines()[0]}"}
+    finally:
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
 def run_section(name: str, results: Dict[str, Any], action: Callable[[], Any]) -> None:
     """Runs one section, keeping its error (one line) instead of losing the other sections."""
     start = time.perf_counter()
@@ -233,6 +261,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--steps", type=int, default=30, help="steps of each phase, one ray per token")
     parser.add_argument("--compare-rays-per-token", type=int, default=8, help="the other patch setting (8: every pixel)")
     parser.add_argument("--compare-steps", type=int, default=8, help="steps of each segmentation phase for it (0: skip)")
+    parser.add_argument("--splat-steps", type=int, default=30, help="steps of each phase of the ovs3d-splat run (0: skip)")
     parser.add_argument("--skip", type=int, default=3, help="first steps of each phase left out of the timing")
     parser.add_argument("--clip-model", default="ViT-B-16")
     parser.add_argument("--clip-model-config", type=Path, default=None, help="open_clip architecture JSON (tests)")
@@ -279,8 +308,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     results["training"] = {}
     run_section("training", results, lambda: training_speed(args, device, budget, save, results["training"]))
     save()
-    if checks:
-        results["extensions"] = {name: finish_extension_check(check, budget.left()) for name, check in checks.items()}
+    gsplat: Dict[str, Any] = {"usable": True}  # without CUDA the splat model rasterizes in torch
+    if checks:  # the splat run needs gsplat's kernels, which its check may still be building
+        gsplat = finish_extension_check(checks.pop("gsplat"), budget.left())
+        results["extensions"] = {"gsplat": gsplat}
+    if gsplat["usable"]:
+        run_section("splat_training", results, lambda: splat_training_speed(args, device, budget))
+    else:
+        results["splat_training"] = {"skipped": f"gsplat is not usable: {gsplat['detail']}"}
+    save()
+    if checks or cuda_tests:
+        results["extensions"].update({name: finish_extension_check(check, budget.left()) for name, check in checks.items()})
         results["cuda_tests"] = finish_cuda_tests(cuda_tests, budget.left())
     results["total_seconds"] = time.perf_counter() - started
     save()

@@ -46,9 +46,17 @@ SEGMENTATION = (Phase.SEGMENTATION_FROZEN.value, Phase.SEGMENTATION_JOINT.value)
 
 
 def measure(
-    profile: Profile, scene: Path, workdir: Path, rays_per_token: int, steps: int, skip: int, reconstruction_steps: int
+    profile: Profile,
+    scene: Path,
+    workdir: Path,
+    rays_per_token: int,
+    steps: int,
+    skip: int,
+    reconstruction_steps: int,
+    method: str = "ovs3d",
 ) -> Dict[str, Any]:
-    """One short training run of ``profile`` on ``scene`` with ``rays_per_token`` rays per token
+    """One short training run of the registered ``method`` (``ovs3d`` or ``ovs3d-splat``, at the
+    profile's settings for it) on ``scene`` with ``rays_per_token`` rays (splat: pixels) per token
     side: ms per step and peak memory of every phase it runs (``PhaseMemory``)."""
     overrides = {
         "pipeline.model.schedule.reconstruction_steps": reconstruction_steps,
@@ -56,7 +64,8 @@ def measure(
         "pipeline.model.schedule.joint_steps": steps,
         "pipeline.datamanager.patch_rays_per_token": rays_per_token,
     }
-    config = build_config(profile, overrides, scene, workdir, f"patch_rays_{rays_per_token}")
+    run_name = f"patch_rays_{rays_per_token}" if method == "ovs3d" else f"{method}_patch_rays_{rays_per_token}"
+    config = build_config(profile, overrides, scene, workdir, run_name, method)
     config.logging.local_writer.enable = False
     datamanager = config.pipeline.datamanager
     patch_rays = datamanager.num_patches * (datamanager.patch_tokens * rays_per_token) ** 2

@@ -18,7 +18,7 @@ def run_check(out: Path, workdir: Path) -> subprocess.CompletedProcess:
     args = [
         sys.executable, str(REPOSITORY / "benchmarks" / "gpu_check.py"), "--out", str(out), "--workdir", str(workdir),
         "--profile", "cpu", "--views", "3", "--steps", "4", "--skip", "1",
-        "--compare-rays-per-token", "2", "--compare-steps", "2", "--min-section-seconds", "0",
+        "--compare-rays-per-token", "2", "--compare-steps", "2", "--splat-steps", "3", "--min-section-seconds", "0",
         "--clip-model", TINY_CLIP.stem, "--clip-model-config", str(TINY_CLIP), "--clip-image", "12", "10",
         "--clip-batches", "64", "16",
     ]  # fmt: skip
@@ -49,6 +49,11 @@ def test_device_check_measures_every_section_on_cpu(tmp_path):
     for run in (default, every):
         for phase in run["phases"].values():
             assert phase["ms_per_step"] > 0 and phase["memory"]["peak_mib"] > 0
+    # ovs3d-splat at the CPU profile's splat settings (torch rasterizer here): every phase timed.
+    splat = report["splat_training"]
+    assert set(splat["phases"]) == {"reconstruction", "segmentation-frozen", "segmentation-joint"}
+    assert all(phase["ms_per_step"] > 0 and phase["memory"]["peak_mib"] > 0 for phase in splat["phases"].values())
+    assert splat["patch_rays_per_step"] == 256 and splat["random_rays_per_step"] == 512
     assert report["total_seconds"] < 420
 
 
