@@ -126,7 +126,7 @@ PROFILES: Dict[str, Profile] = {
             "MLP learning rates of the segmentation phases are the paper's x (paper steps / profile steps), "
             "so that the CLIP head can move as far as in the paper's 15k steps; volume learning rates are "
             "the paper's. One torch thread. "
-            "ovs3d-splat: the same data settings, 3,000 initial Gaussians (densified every 50 steps from "
+            "ovs3d-splat: the same data settings, 10,000 initial Gaussians (densified every 50 steps from "
             "step 100 to 250), 300 + 200 + 400 steps with the MLP rates scaled the same way, whole views "
             "rendered by the torch rasterizer."
         ),
@@ -170,7 +170,7 @@ PROFILES: Dict[str, Profile] = {
             "pipeline.model.schedule.joint_steps": _CPU_SPLAT_STEPS[2],
             "pipeline.model.schedule.frozen_lr_mlp": 1e-4 * _PAPER_FROZEN_STEPS / _CPU_SPLAT_STEPS[1],
             "pipeline.model.schedule.joint_lr_mlp": 5e-5 * _PAPER_JOINT_STEPS / _CPU_SPLAT_STEPS[2],
-            "pipeline.model.num_random": 3000,
+            "pipeline.model.num_random": 10000,
             # Densify within the short reconstruction, at full resolution from the start.
             "pipeline.model.num_downscales": 0,
             "pipeline.model.warmup_length": 100,
