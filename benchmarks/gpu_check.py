@@ -186,29 +186,36 @@ def clip_extraction_speed(args: argparse.Namespace, device: str) -> Dict[str, An
     return result
 
 
-def check_profile(args: argparse.Namespace) -> Profile:
-    """The profile with the check's view count (speed per step does not depend on it)."""
-    profile = dataclasses.replace(PROFILES[args.profile], num_views=args.views)
-    if profile.torch_threads is not None:
-        torch.set_num_threads(profile.torch_threads)
-    return profile
+class CheckScene:
+    """The profile with the check's view count (speed per step does not depend on it) and its
+    fruit_lawn scene, written on first use and shared by the training sections."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.profile: Profile = dataclasses.replace(PROFILES[args.profile], num_views=args.views)
+        self.root = args.workdir / "scene"
+        self.seconds: Optional[float] = None
+        self._path: Optional[Path] = None
+
+    def path(self) -> Path:
+        if self._path is None:
+            start = time.perf_counter()
+            profile = self.profile
+            self._path = write_benchmark_scene("fruit_lawn", self.root, 0, profile.width, profile.height, profile.num_views)
+            self.seconds = time.perf_counter() - start
+        return self._path
 
 
-def check_scene(args: argparse.Namespace, profile: Profile) -> Path:
-    return write_benchmark_scene("fruit_lawn", args.workdir / "scene", 0, profile.width, profile.height, profile.num_views)
-
-
-def training_speed(args: argparse.Namespace, device: str, budget: Budget, save: Callable[[], None], into: Dict[str, Any]) -> None:
+def training_speed(
+    args: argparse.Namespace, device: str, budget: Budget, save: Callable[[], None], into: Dict[str, Any], check: CheckScene
+) -> None:
     """Per-phase speed and memory of the profile, default patch rays, then every pixel."""
-    profile = check_profile(args)
-    start = time.perf_counter()
-    scene = check_scene(args, profile)
+    profile, scene = check.profile, check.path()
     into.update(
         profile=profile.name,
         image_size=[profile.width, profile.height],
         views=profile.num_views,
         tinycudann_installed=importlib.util.find_spec("tinycudann") is not None,
-        scene_seconds=time.perf_counter() - start,
+        scene_seconds=check.seconds,
     )
     runs = [(1, args.steps), (args.compare_rays_per_token, args.compare_steps)]
     for rays_per_token, steps in runs:
@@ -227,13 +234,12 @@ def training_speed(args: argparse.Namespace, device: str, budget: Budget, save: 
         save()
 
 
-def splat_training_speed(args: argparse.Namespace, device: str, budget: Budget) -> Dict[str, Any]:
+def splat_training_speed(args: argparse.Namespace, device: str, budget: Budget, check: CheckScene) -> Dict[str, Any]:
     """Per-phase speed and memory of ``ovs3d-splat`` at the profile's splat settings."""
     if args.splat_steps < 1 or budget.left() < args.min_section_seconds:
         return {"skipped": f"{args.splat_steps} steps asked, {budget.left():.0f} s left"}
-    profile = check_profile(args)
     try:
-        return measure(profile, check_scene(args, profile), args.workdir, 1, args.splat_steps, args.skip, args.splat_steps, SPLAT_METHOD)
+        return measure(check.profile, check.path(), args.workdir, 1, args.splat_steps, args.skip, args.splat_steps, SPLAT_METHOD)
     except torch.cuda.OutOfMemoryError as error:
         return {"error": f"out of memory: {str(error).splitlines()[0]}"}
     finally:
@@ -305,15 +311,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     save()
     run_section("clip_extraction", results, lambda: clip_extraction_speed(args, device))
     save()
+    check = CheckScene(args)
+    if check.profile.torch_threads is not None:
+        torch.set_num_threads(check.profile.torch_threads)
     results["training"] = {}
-    run_section("training", results, lambda: training_speed(args, device, budget, save, results["training"]))
+    run_section("training", results, lambda: training_speed(args, device, budget, save, results["training"], check))
     save()
     gsplat: Dict[str, Any] = {"usable": True}  # without CUDA the splat model rasterizes in torch
     if checks:  # the splat run needs gsplat's kernels, which its check may still be building
         gsplat = finish_extension_check(checks.pop("gsplat"), budget.left())
         results["extensions"] = {"gsplat": gsplat}
     if gsplat["usable"]:
-        run_section("splat_training", results, lambda: splat_training_speed(args, device, budget))
+        run_section("splat_training", results, lambda: splat_training_speed(args, device, budget, check))
     else:
         results["splat_training"] = {"skipped": f"gsplat is not usable: {gsplat['detail']}"}
     save()

@@ -89,3 +89,16 @@ def test_started_checks_report_success_failure_and_a_stop():
     assert not stopped["usable"] and stopped["detail"].endswith("stopped")
     assert finish_cuda_tests(start("print('3 passed')"), 60)["summary"] == "3 passed"
     assert finish_cuda_tests(start("import time; time.sleep(60)"), 0.5)["passed"] is False
+
+
+def test_the_training_sections_share_one_written_scene(tmp_path, monkeypatch):
+    import argparse
+
+    from benchmarks import gpu_check
+
+    written = []
+    monkeypatch.setattr(gpu_check, "write_benchmark_scene", lambda name, root, *rest: written.append(root) or root)
+    check = gpu_check.CheckScene(argparse.Namespace(profile="cpu", views=3, workdir=tmp_path))
+    assert check.profile.num_views == 3 and check.seconds is None
+    assert check.path() == check.path() == tmp_path / "scene"
+    assert written == [tmp_path / "scene"] and check.seconds >= 0
